@@ -1,0 +1,156 @@
+"""COAT model configuration."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from .encoders import default_style_scales
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # Unit tests and CI: 64 px, runs in well under a second on a CPU.
+    "tiny": dict(
+        image_size=64, encoder_channels=[32, 64, 96], style_dim=64, decoder_channels=[96, 96, 64, 48, 32], default_n=5
+    ),
+    # Trainable on a 2-core CPU in hours: 128 px.
+    "small": dict(
+        image_size=128,
+        encoder_channels=[48, 96, 160, 256],
+        style_dim=192,
+        decoder_channels=[256, 256, 192, 128, 64, 32],
+        default_n=5,
+    ),
+    # The paper's scale: 256 px, 512-d styles, StyleGAN2 widths (channel multiplier 2).
+    "paper-256": dict(
+        image_size=256,
+        encoder_channels=[64, 128, 256, 512],
+        style_dim=512,
+        decoder_channels=[512, 512, 512, 512, 512, 256, 128],
+        default_n=6,
+    ),
+}
+
+
+def stylegan2_channels(image_size: int, channel_multiplier: int = 2, max_channels: int = 512) -> list[int]:
+    """StyleGAN2's decoder widths for resolutions 4, 8, ..., image_size (512 up to 32 px, then halving)."""
+    widths = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+    return [min(max_channels, widths[2**i] * (channel_multiplier if 2**i >= 64 else 1))
+            for i in range(2, int(math.log2(image_size)) + 1)]
+
+
+class COATConfig(PretrainedConfig):
+    r"""Configuration of a :class:`~coat_hf.COATModel`.
+
+    Args:
+        image_size: side of the square images the model works at (a power of two).
+        in_channels: image channels (3).
+        encoder_channels: widths of E's L scales, shallow to deep; scale l (0-based) has size
+            image_size / 2^(l+1). L = ``len(encoder_channels)``.
+        style_dim: dimension D of the style vectors.
+        decoder_channels: D's widths for resolutions 4, 8, ..., image_size (default: StyleGAN2's).
+        blur_kernel: FIR taps of the up-sampling filters.
+        style_scales: for each of the K modulation layers, the scale of E that feeds it (default:
+            coarse layers from the deepest map, fine from the shallowest; see ``default_style_scales``).
+        default_n: how many of the first modulation layers take the content's vectors when ``n`` is not
+            given (small n = more of the style's appearance).
+        use_alignment: build style vectors from aligned style maps (Eq. 3); False swaps raw latents
+            (the latent-swapping baseline).
+        alignment_block_size: content positions per block in the blocked correspondence search.
+        noise_mode: "random" (fresh noise each call, seedable) or "const" (the stored noise maps).
+        lambda_mse, lambda_lpips, lpips_net: reconstruction loss L_rec = λ_mse·MSE + λ_lpips·LPIPS.
+        reg_alpha, reg_type: α and the latent regulariser, "w_norm" (pSp) or "delta" (e4e).
+        ccl_beta, ccl_temperature, ccl_negative_threshold, ccl_hard_negative_rule, ccl_num_positions:
+            β, τ, g, the reading of Eq. 5's rank rule (see ``coat_hf.losses``) and how many matched
+            positions per image take part in L_CCL.
+    """
+
+    model_type = "coat"
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        in_channels: int = 3,
+        encoder_channels: list[int] | None = None,
+        style_dim: int = 64,
+        decoder_channels: list[int] | None = None,
+        blur_kernel: list[int] | None = None,
+        style_scales: list[int] | None = None,
+        default_n: int | None = None,
+        use_alignment: bool = True,
+        alignment_block_size: int = 1024,
+        noise_mode: str = "random",
+        lambda_mse: float = 1.0,
+        lambda_lpips: float = 0.8,
+        lpips_net: str = "alex",
+        reg_alpha: float = 1e-3,
+        reg_type: str = "w_norm",
+        ccl_beta: float = 0.1,
+        ccl_temperature: float = 0.07,
+        ccl_negative_threshold: float = 0.5,
+        ccl_hard_negative_rule: str = "hardest",
+        ccl_num_positions: int = 256,
+        **kwargs: Any,
+    ) -> None:
+        if image_size < 8 or 2 ** int(math.log2(image_size)) != image_size:
+            raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.encoder_channels = list(encoder_channels or [32, 64, 96])
+        if 2 ** len(self.encoder_channels) > image_size:
+            raise ValueError(f"{len(self.encoder_channels)} encoder scales do not fit a {image_size} px image")
+        self.style_dim = style_dim
+        self.decoder_channels = list(decoder_channels or stylegan2_channels(image_size))
+        self.blur_kernel = list(blur_kernel or [1, 3, 3, 1])
+        self.style_scales = list(style_scales or default_style_scales(self.num_modulation_layers, self.num_scales))
+        if len(self.style_scales) != self.num_modulation_layers or not all(
+            0 <= s < self.num_scales for s in self.style_scales
+        ):
+            raise ValueError(
+                f"style_scales needs {self.num_modulation_layers} scale indices in [0, {self.num_scales})"
+            )
+        self.default_n = self.num_modulation_layers // 2 if default_n is None else default_n
+        if not 0 <= self.default_n <= self.num_modulation_layers:
+            raise ValueError(f"default_n must be in [0, {self.num_modulation_layers}], got {self.default_n}")
+        self.use_alignment = use_alignment
+        self.alignment_block_size = alignment_block_size
+        if noise_mode not in ("random", "const"):
+            raise ValueError(f"noise_mode must be 'random' or 'const', got {noise_mode!r}")
+        self.noise_mode = noise_mode
+        self.lambda_mse, self.lambda_lpips, self.lpips_net = lambda_mse, lambda_lpips, lpips_net
+        if reg_type not in ("w_norm", "delta"):
+            raise ValueError(f"reg_type must be 'w_norm' or 'delta', got {reg_type!r}")
+        self.reg_alpha, self.reg_type = reg_alpha, reg_type
+        self.ccl_beta = ccl_beta
+        self.ccl_temperature = ccl_temperature
+        self.ccl_negative_threshold = ccl_negative_threshold
+        self.ccl_hard_negative_rule = ccl_hard_negative_rule
+        self.ccl_num_positions = ccl_num_positions
+        super().__init__(**kwargs)
+
+    @property
+    def num_scales(self) -> int:
+        """L, the number of feature scales of E."""
+        return len(self.encoder_channels)
+
+    @property
+    def num_modulation_layers(self) -> int:
+        """K = 2·log2(image_size) − 2, the style vectors D consumes; n ranges over 0..K."""
+        return 2 * int(math.log2(self.image_size)) - 2
+
+    @property
+    def feature_sizes(self) -> list[int]:
+        """Side of each scale's feature map."""
+        return [self.image_size // 2 ** (l + 1) for l in range(self.num_scales)]
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "COATConfig":
+        """A named preset: ``"tiny"`` (tests, 64 px), ``"small"`` (CPU training, 128 px) or ``"paper-256"``."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
+        return cls(**{**_PRESETS[name], **overrides})
+
+    @staticmethod
+    def preset_names() -> list[str]:
+        return sorted(_PRESETS)

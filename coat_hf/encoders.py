@@ -1,0 +1,93 @@
+"""COAT's two encoders: the multi-scale feature encoder E (Sec. 3.1) and the modulation encoder E_mod (Sec. 3.3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .stylegan2 import EqualLinear
+
+
+class ResidualDownBlock(nn.Module):
+    """Two 3x3 convs with leaky ReLU, stride 2 on the second, plus a strided 1x1 shortcut; scaled by 1/sqrt(2)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1, stride=2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.leaky_relu(self.conv1(x), 0.2)
+        h = F.leaky_relu(self.conv2(h), 0.2)
+        return (h + self.skip(x)) / math.sqrt(2)
+
+
+class FeatureEncoder(nn.Module):
+    """E: image (B, 3, S, S) -> L feature maps F_l of shape (B, C_l, S/2^l, S/2^l), shallow to deep."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        widths = [channels[0], *channels]
+        self.stages = nn.ModuleList(ResidualDownBlock(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, pixel_values: Tensor) -> list[Tensor]:
+        h = F.leaky_relu(self.stem(pixel_values), 0.2)
+        features = []
+        for stage in self.stages:
+            h = stage(h)
+            features.append(h)
+        return features
+
+
+class MapToStyle(nn.Module):
+    """pSp's map-to-style block: stride-2 3x3 convs with leaky ReLU from (B, C, R, R) down to (B, D, 1, 1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial: int) -> None:
+        super().__init__()
+        num_convs = int(math.log2(spatial))
+        widths = [in_channels] + [out_channels] * num_convs
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+        return x.flatten(1)  # (B, D)
+
+
+def default_style_scales(num_latents: int, num_scales: int) -> list[int]:
+    """Which feature scale feeds each modulation layer: coarse layers from the deepest map, fine from the shallowest.
+
+    Layers are split into ``num_scales`` nearly equal consecutive groups; group 0 (the coarsest layers)
+    reads scale L-1 (deepest), the last group reads scale 0 (shallowest), as pSp's feature pyramid does.
+    """
+    return [num_scales - 1 - (k * num_scales) // num_latents for k in range(num_latents)]
+
+
+class ModulationEncoder(nn.Module):
+    """E_mod: multi-scale maps -> per-layer style vectors (B, K, D) for the decoder's K modulation layers.
+
+    Each layer k reads the map of scale ``style_scales[k]``. Departure from pSp (one conv stack per
+    layer): the layers that read the same scale share one :class:`MapToStyle` stack and each has its own
+    equalised linear head, which keeps the parameter count practical for the small presets.
+    """
+
+    def __init__(
+        self, feature_channels: Sequence[int], feature_sizes: Sequence[int], style_dim: int, style_scales: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.style_scales = list(style_scales)
+        used = sorted(set(self.style_scales))
+        self.trunks = nn.ModuleDict(
+            {str(l): MapToStyle(feature_channels[l], style_dim, feature_sizes[l]) for l in used}
+        )
+        self.heads = nn.ModuleList(EqualLinear(style_dim, style_dim) for _ in self.style_scales)
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        pooled = {l: trunk(features[int(l)]) for l, trunk in self.trunks.items()}  # each (B, D)
+        return torch.stack([head(pooled[str(l)]) for head, l in zip(self.heads, self.style_scales)], dim=1)

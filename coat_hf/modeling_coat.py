@@ -1,0 +1,178 @@
+"""COAT: correspondence-driven object appearance transfer (Jeon et al., BMVC 2022) as a PreTrainedModel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_coat import COATConfig
+from .correspondence import Correspondence, align_features
+from .encoders import FeatureEncoder, ModulationEncoder
+from .stylegan2 import StyleGAN2Synthesis
+
+
+@dataclass
+class COATOutput(ModelOutput):
+    """Output of :meth:`COATModel.forward`.
+
+    Args:
+        images: the transfer I_{2->1}, (B, 3, H, W) in about [-1, 1].
+        latents: the mixed style vectors fed to D, (B, K, D): content for layers < n, aligned style after.
+        content_latents: E_mod(F1), (B, K, D).
+        style_latents: E_mod(F^) (or of the raw style maps without alignment), (B, K, D).
+        correspondences: one :class:`~coat_hf.correspondence.Correspondence` per scale, when asked.
+    """
+
+    images: Tensor | None = None
+    latents: Tensor | None = None
+    content_latents: Tensor | None = None
+    style_latents: Tensor | None = None
+    correspondences: tuple[Correspondence, ...] | None = None
+
+
+def mix_latents(content_latents: Tensor, style_latents: Tensor, n: int) -> Tensor:
+    """The first ``n`` modulation layers take the content's vectors, the rest the style's. (B, K, D) each."""
+    mask = torch.arange(content_latents.shape[1], device=content_latents.device) < n
+    return torch.where(mask[None, :, None], content_latents, style_latents)
+
+
+class COATPreTrainedModel(PreTrainedModel):
+    config_class = COATConfig
+    base_model_prefix = "coat"
+    main_input_name = "content_pixel_values"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Each module's own ``reset_parameters`` (StyleGAN2's init for D, PyTorch's for E's convs).
+
+        Runs under transformers' init guard, so loaded weights are kept; it also re-creates the blur
+        kernels, which meta-device loading would otherwise leave empty.
+        """
+        if isinstance(module, COATModel):
+            init.zeros_(module.latent_avg)
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+class COATModel(COATPreTrainedModel):
+    """COAT: encoder E, latent alignment (Eq. 1-3), modulation encoder E_mod and StyleGAN2 decoder D.
+
+    ``model(content, style, n)`` re-renders the content object with the style object's appearance.
+    Images are (B, 3, S, S) in [-1, 1] at ``config.image_size``.
+    """
+
+    def __init__(self, config: COATConfig) -> None:
+        super().__init__(config)
+        self.encoder = FeatureEncoder(config.in_channels, config.encoder_channels)
+        self.modulation_encoder = ModulationEncoder(
+            config.encoder_channels, config.feature_sizes, config.style_dim, config.style_scales
+        )
+        self.decoder = StyleGAN2Synthesis(config.image_size, config.style_dim, config.decoder_channels,
+                                          config.blur_kernel)
+        # The decoder's average latent: E_mod predicts offsets from it (pSp), L_reg pulls towards it.
+        self.register_buffer("latent_avg", torch.zeros(config.style_dim))
+        self.post_init()
+
+    @property
+    def num_modulation_layers(self) -> int:
+        """K: n ranges over 0..K; n = K keeps the content entirely."""
+        return self.config.num_modulation_layers
+
+    def _check_pixel_values(self, pixel_values: Tensor, name: str) -> None:
+        size = self.config.image_size
+        if not isinstance(pixel_values, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape (B, 3, {size}, {size}), got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"{name} must be (B, {self.config.in_channels}, {size}, {size}), got {tuple(pixel_values.shape)}"
+            )
+        if pixel_values.shape[2:] != (size, size):
+            raise ValueError(
+                f"{name} is {pixel_values.shape[2]}x{pixel_values.shape[3]} but this model works at {size}x{size}: "
+                "resize first (the coat-appearance-transfer pipeline does it for you)"
+            )
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+
+    def _check_n(self, n: int | None) -> int:
+        n = self.config.default_n if n is None else n
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.num_modulation_layers:
+            raise ValueError(f"n must be an integer in [0, {self.num_modulation_layers}], got {n!r}")
+        return n
+
+    def encode(self, pixel_values: Tensor) -> list[Tensor]:
+        """E: (B, 3, S, S) -> L maps F_l, (B, C_l, S/2^(l+1), S/2^(l+1)), shallow to deep."""
+        self._check_pixel_values(pixel_values, "pixel_values")
+        return self.encoder(pixel_values)
+
+    def align(self, content_features: list[Tensor], style_features: list[Tensor]
+              ) -> tuple[list[Tensor], list[Correspondence]]:
+        """Eq. 1-3 at every scale: aligned style maps F^_l and their matches."""
+        pairs = [align_features(f1, f2, self.config.alignment_block_size)
+                 for f1, f2 in zip(content_features, style_features)]
+        return [a for a, _ in pairs], [m for _, m in pairs]
+
+    def style_vectors(self, features: list[Tensor]) -> Tensor:
+        """E_mod: maps -> (B, K, D) style vectors, offsets from the decoder's average latent."""
+        return self.modulation_encoder(features) + self.latent_avg
+
+    def decode(self, latents: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """D: (B, K, D) -> (B, 3, S, S). Noise per ``config.noise_mode``; ``generator`` seeds random noise."""
+        noise = None
+        if self.config.noise_mode == "random":
+            noise = self.decoder.make_noise(latents.shape[0], generator=generator, device=latents.device)
+            noise = [z.to(latents.dtype) for z in noise]
+        return self.decoder(latents, noise)
+
+    def forward(
+        self,
+        content_pixel_values: Tensor,
+        style_pixel_values: Tensor,
+        n: int | None = None,
+        output_correspondence: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+        use_alignment: bool | None = None,
+    ) -> COATOutput | tuple:
+        """Transfer the style image's appearance onto the content image.
+
+        Args:
+            content_pixel_values: I1, (B, 3, S, S) in [-1, 1].
+            style_pixel_values: I2, same shape.
+            n: content modulation layers (0..K, default ``config.default_n``); n = K ignores the style.
+            output_correspondence: also return the per-scale matches.
+            generator: seeds the decoder's noise inputs (reproducible calls).
+            use_alignment: override ``config.use_alignment`` (False = latent-swapping baseline).
+        """
+        self._check_pixel_values(content_pixel_values, "content_pixel_values")
+        self._check_pixel_values(style_pixel_values, "style_pixel_values")
+        if content_pixel_values.shape[0] != style_pixel_values.shape[0]:
+            raise ValueError("content_pixel_values and style_pixel_values need the same batch size")
+        n = self._check_n(n)
+        use_alignment = self.config.use_alignment if use_alignment is None else use_alignment
+
+        content_features = self.encoder(content_pixel_values)
+        style_features = self.encoder(style_pixel_values)
+        correspondences = None
+        if use_alignment or output_correspondence:
+            aligned, correspondences = self.align(content_features, style_features)
+            if use_alignment:
+                style_features = aligned
+        content_latents = self.style_vectors(content_features)  # (B, K, D)
+        style_latents = self.style_vectors(style_features)  # (B, K, D)
+        latents = mix_latents(content_latents, style_latents, n)
+        images = self.decode(latents, generator)  # (B, 3, S, S)
+
+        output = COATOutput(
+            images=images,
+            latents=latents,
+            content_latents=content_latents,
+            style_latents=style_latents,
+            correspondences=tuple(correspondences) if output_correspondence else None,
+        )
+        return output if return_dict else output.to_tuple()
