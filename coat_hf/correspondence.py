@@ -31,7 +31,8 @@ def cosine_similarity(content_feat: Tensor, style_feat: Tensor, eps: float = 1e-
 def mutual_consistency(similarity: Tensor, eps: float = 1e-8) -> Tensor:
     """Eq. 2 on a similarity matrix (..., N1, N2): ``Q_ij = S_ij^2 / (max_i S_ij · max_j S_ij)``.
 
-    Q is 1 exactly at mutual nearest neighbours (for positive maxima) and below 1 elsewhere.
+    Among positive similarities, Q is 1 exactly at mutual nearest neighbours and below 1 elsewhere (a
+    strongly negative S_ij can also reach Q >= 1, so the confident set is decided by argmax agreement).
     """
     col_max = similarity.amax(dim=-2, keepdim=True)  # max over content positions i, (..., 1, N2)
     row_max = similarity.amax(dim=-1, keepdim=True)  # max over style positions j, (..., N1, 1)

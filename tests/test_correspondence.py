@@ -1,0 +1,117 @@
+"""Latent alignment, Eq. 1-3, against plain reference computations."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from coat_hf.correspondence import align_features, cosine_similarity, find_correspondence, mutual_consistency
+
+
+def reference_alignment(f1: torch.Tensor, f2: torch.Tensor):
+    """Eq. 1-3 with explicit per-pair loops on one image: (C, N1), (C, N2)."""
+    c, n1 = f1.shape
+    n2 = f2.shape[1]
+    s = torch.empty(n1, n2, dtype=torch.float64)
+    for i in range(n1):
+        for j in range(n2):
+            a, b = f1[:, i].double(), f2[:, j].double()
+            s[i, j] = (a @ b) / (a.norm() * b.norm())
+    q = torch.empty_like(s)
+    for i in range(n1):
+        for j in range(n2):
+            q[i, j] = s[i, j] ** 2 / (s[:, j].max() * s[i, :].max())
+    aligned = f1.clone()
+    for i in range(n1):
+        j = int(s[i].argmax())
+        if int(s[:, j].argmax()) == i:  # (i, j) in p: mutual nearest neighbours, Q_ij = 1
+            assert abs(q[i, j] - 1) < 1e-9
+            aligned[:, i] = f2[:, j]
+    return s, q, aligned
+
+
+def test_equations_1_to_3_match_loops():
+    torch.manual_seed(0)
+    f1, f2 = torch.randn(1, 5, 4, 3), torch.randn(1, 5, 3, 5)
+    s_ref, q_ref, aligned_ref = reference_alignment(f1[0].flatten(1), f2[0].flatten(1))
+    s = cosine_similarity(f1, f2)
+    assert s.shape == (1, 12, 15)
+    torch.testing.assert_close(s[0].double(), s_ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mutual_consistency(s)[0].double(), q_ref, atol=1e-5, rtol=0)
+    aligned, matches = align_features(f1, f2, block_size=5)
+    assert torch.equal(aligned[0].flatten(1), aligned_ref)
+    # Among positive similarities, the confident set is exactly where Q reaches 1 (a large negative
+    # S_ij can also give Q >= 1, which is why p is decided by argmax agreement).
+    q = mutual_consistency(s)[0]
+    ci, si, score = matches.pairs(0)
+    assert set(zip(ci.tolist(), si.tolist())) == {tuple(x) for x in ((q > 1 - 1e-6) & (s[0] > 0)).nonzero().tolist()}
+    torch.testing.assert_close(score, s[0, ci, si])
+
+
+@pytest.mark.parametrize("shapes", [((8, 8), (8, 8)), ((16, 12), (10, 16)), ((32, 32), (32, 32)), ((7, 9), (5, 3))])
+@pytest.mark.parametrize("block_size", [1, 7, 64, 4096])
+def test_blocked_equals_naive_full_matrix(shapes, block_size):
+    torch.manual_seed(sum(shapes[0]) + block_size)
+    (h1, w1), (h2, w2) = shapes
+    f1, f2 = torch.randn(2, 16, h1, w1), torch.randn(2, 16, h2, w2)
+    s = cosine_similarity(f1, f2)  # the naive full matrix
+    q = mutual_consistency(s)
+    row_max, row_arg = s.max(dim=2)
+    mutual = s.argmax(dim=1).gather(1, row_arg) == torch.arange(h1 * w1)
+    naive = torch.where(mutual[:, None], f2.flatten(2).gather(2, row_arg[:, None].expand(-1, 16, -1)), f1.flatten(2))
+
+    aligned, m = align_features(f1, f2, block_size=block_size)
+    assert torch.equal(aligned.flatten(2), naive)
+    assert torch.equal(m.nearest, row_arg) and torch.equal(m.mutual, mutual)
+    torch.testing.assert_close(m.similarity, row_max)
+    torch.testing.assert_close(m.confidence, q.gather(2, row_arg[..., None])[..., 0])
+    assert torch.all(m.confidence[m.mutual] > 1 - 1e-5) and torch.all(m.confidence[~m.mutual] < 1)
+    assert m.confidence_map().shape == (2, h1, w1)
+
+
+def test_self_alignment_is_identity():
+    f = torch.randn(1, 8, 6, 6)
+    aligned, m = align_features(f, f)
+    assert m.mutual.all() and torch.equal(aligned, f)
+    assert torch.equal(m.nearest[0], torch.arange(36))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="same batch and channels"):
+        find_correspondence(torch.randn(1, 4, 3, 3), torch.randn(1, 5, 3, 3))
+    with pytest.raises(ValueError, match="block_size"):
+        find_correspondence(torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3), block_size=0)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        find_correspondence(torch.randn(4, 3, 3), torch.randn(4, 3, 3))
+
+
+def test_blocked_memory_grows_with_hw_not_hw_squared():
+    """Two 1x256x128x128 maps: the full matrix alone would be 1 GiB; blocked peak growth stays < 512 MiB."""
+    script = textwrap.dedent(
+        """
+        import threading, time, psutil, torch
+        from coat_hf.correspondence import align_features
+        torch.manual_seed(0)
+        f1, f2 = torch.randn(1, 256, 128, 128), torch.randn(1, 256, 128, 128)
+        proc = psutil.Process()
+        base = proc.memory_info().rss
+        peak, done = [base], threading.Event()
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.002)
+        t = threading.Thread(target=sample); t.start()
+        aligned, m = align_features(f1, f2, block_size=1024)
+        done.set(); t.join()
+        assert aligned.shape == f1.shape
+        print((peak[0] - base) / 2**20)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    growth_mib = float(out.stdout.strip().splitlines()[-1])
+    assert growth_mib < 512, f"peak memory grew by {growth_mib:.0f} MiB"

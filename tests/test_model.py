@@ -1,0 +1,182 @@
+"""COATConfig / COATModel: presets, forward, the n knob, save/load, Auto classes and input errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from coat_hf import COATConfig, COATModel
+from coat_hf.encoders import default_style_scales
+from coat_hf.modeling_coat import mix_latents
+from coat_hf.stylegan2 import Upsample, make_kernel, upfirdn2d
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_presets():
+    tiny, small, paper = (COATConfig.preset(n) for n in ("tiny", "small", "paper-256"))
+    assert (tiny.image_size, small.image_size, paper.image_size) == (64, 128, 256)
+    assert paper.style_dim == 512 and paper.decoder_channels == [512, 512, 512, 512, 512, 256, 128]
+    assert (tiny.num_modulation_layers, small.num_modulation_layers, paper.num_modulation_layers) == (10, 12, 14)
+    assert COATConfig.preset("tiny", image_size=32, decoder_channels=[32, 32, 32, 32]).num_modulation_layers == 8
+    with pytest.raises(ValueError, match="unknown preset"):
+        COATConfig.preset("huge")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="power of two"):
+        COATConfig(image_size=100)
+    with pytest.raises(ValueError, match="default_n"):
+        COATConfig(default_n=99)
+    with pytest.raises(ValueError, match="reg_type"):
+        COATConfig(reg_type="l1")
+    with pytest.raises(ValueError, match="decoder_channels"):
+        COATModel(COATConfig(image_size=64, decoder_channels=[8, 8]))
+
+
+def test_style_scales_coarse_from_deep():
+    scales = default_style_scales(10, 3)
+    assert scales[0] == 2 and scales[-1] == 0 and scales == sorted(scales, reverse=True)
+
+
+def test_forward_shapes_and_speed(tiny_model, image_pair):
+    content, style = image_pair
+    with torch.no_grad():
+        tiny_model(content, style)  # warm-up
+        start = time.perf_counter()
+        out = tiny_model(content, style, output_correspondence=True)
+        elapsed = time.perf_counter() - start
+    k, d = tiny_model.num_modulation_layers, tiny_model.config.style_dim
+    assert out.images.shape == (2, 3, 64, 64)
+    assert out.latents.shape == out.content_latents.shape == out.style_latents.shape == (2, k, d)
+    assert len(out.correspondences) == tiny_model.config.num_scales
+    sizes = [c.content_size for c in out.correspondences]
+    assert sizes == [(32, 32), (16, 16), (8, 8)]
+    assert [f.shape[-1] for f in tiny_model.encode(content)] == [32, 16, 8]
+    assert elapsed < 1.0, f"tiny forward took {elapsed:.2f}s"
+    images, latents, *_ = tiny_model(content, style, return_dict=False)
+    assert images.shape == (2, 3, 64, 64)
+
+
+def test_n_equal_to_layers_ignores_style(tiny_model, image_pair):
+    content, style = image_pair
+    k = tiny_model.num_modulation_layers
+    with torch.no_grad():
+        a = tiny_model(content, style, n=k, generator=seeded()).images
+        b = tiny_model(content, style.flip(0), n=k, generator=seeded()).images
+        c = tiny_model(content, torch.zeros_like(style), n=k, generator=seeded()).images
+        d = tiny_model(content, style, n=0, generator=seeded()).images
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert not torch.allclose(a, d)
+
+
+def test_latent_mixing_takes_first_n_from_content(tiny_model, image_pair):
+    content, style = image_pair
+    with torch.no_grad():
+        out = tiny_model(content, style, n=3)
+    assert torch.equal(out.latents[:, :3], out.content_latents[:, :3])
+    assert torch.equal(out.latents[:, 3:], out.style_latents[:, 3:])
+    c, s = torch.zeros(1, 4, 2), torch.ones(1, 4, 2)
+    assert mix_latents(c, s, 0).eq(1).all() and mix_latents(c, s, 4).eq(0).all()
+
+
+def test_alignment_switch(tiny_model, image_pair):
+    """Without alignment the style latents come from the raw style maps (latent-swapping baseline)."""
+    content, style = image_pair
+    with torch.no_grad():
+        raw = tiny_model(content, style, use_alignment=False).style_latents
+        aligned_out = tiny_model(content, style, use_alignment=True)
+        expected_raw = tiny_model.style_vectors(tiny_model.encode(style))
+        aligned, _ = tiny_model.align(tiny_model.encode(content), tiny_model.encode(style))
+        expected_aligned = tiny_model.style_vectors(aligned)
+    torch.testing.assert_close(raw, expected_raw)
+    torch.testing.assert_close(aligned_out.style_latents, expected_aligned)
+    assert not torch.allclose(raw, aligned_out.style_latents)
+
+
+def test_reconstruction_pair_aligns_to_itself(tiny_model, image_pair):
+    """With content = style every position matches itself (or an identical feature), so both latents are equal."""
+    content, _ = image_pair
+    with torch.no_grad():
+        out = tiny_model(content, content, output_correspondence=True)
+    torch.testing.assert_close(out.content_latents, out.style_latents)
+    assert all(torch.allclose(c.similarity, torch.ones(())) for c in out.correspondences)
+
+
+def test_seeded_noise_is_reproducible(tiny_model, image_pair):
+    content, style = image_pair
+    with torch.no_grad():
+        a = tiny_model(content, style, generator=seeded(1)).images
+        b = tiny_model(content, style, generator=seeded(1)).images
+    assert torch.equal(a, b)
+
+
+def test_save_load_roundtrip(tmp_path, tiny_model, image_pair):
+    content, style = image_pair
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "coat"
+    loaded = AutoModel.from_pretrained(tmp_path).eval()  # no trust_remote_code needed
+    assert isinstance(loaded, COATModel)
+    saved, restored = tiny_model.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys()
+    for name in saved:  # includes blur kernels and noise buffers
+        assert torch.equal(saved[name], restored[name]), name
+    with torch.no_grad():
+        for mode in ("random", "const"):
+            tiny_model.config.noise_mode = loaded.config.noise_mode = mode
+            a = tiny_model(content, style, generator=seeded()).images
+            b = loaded(content, style, generator=seeded()).images
+            assert torch.equal(a, b)
+    tiny_model.config.noise_mode = "random"
+
+
+def test_decoder_parameter_names_follow_stylegan2(tiny_model):
+    names = set(tiny_model.state_dict())
+    for key in ("decoder.input.input", "decoder.conv1.conv.weight", "decoder.conv1.conv.modulation.bias",
+                "decoder.conv1.noise.weight", "decoder.conv1.activate.bias", "decoder.to_rgb1.bias",
+                "decoder.convs.0.conv.blur.kernel", "decoder.to_rgbs.0.upsample.kernel", "decoder.noises.noise_0"):
+        assert key in names, key
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (torch.zeros(1, 1, 64, 64), "content_pixel_values must be"),
+        (torch.zeros(1, 3, 32, 32), "resize first"),
+        (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
+        ([[0.0]], "torch.Tensor"),
+    ],
+)
+def test_bad_inputs(tiny_model, content, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(content, torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("n", [-1, 11, 2.5, True])
+def test_bad_n(tiny_model, image_pair, n):
+    with pytest.raises(ValueError, match="n must be an integer"):
+        tiny_model(*image_pair, n=n)
+
+
+def test_upfirdn2d_against_direct_convolution():
+    """Upsampling by zero insertion then the FIR filter, checked against an explicit transposed scatter."""
+    x = torch.randn(1, 2, 5, 5)
+    k = make_kernel([1, 3, 3, 1]) * 4
+    up = Upsample([1, 3, 3, 1])
+    out = up(x)
+    assert out.shape == (1, 2, 10, 10)
+    zero_inserted = torch.zeros(1, 2, 10, 10)
+    zero_inserted[..., ::2, ::2] = x
+    padded = torch.nn.functional.pad(zero_inserted, (2, 1, 2, 1))
+    ref = torch.zeros_like(out)
+    for i in range(10):
+        for j in range(10):
+            ref[..., i, j] = (padded[..., i : i + 4, j : j + 4] * k.flip(0, 1)).sum((-1, -2))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(upfirdn2d(x, torch.ones(1, 1)), x)
