@@ -1,0 +1,318 @@
+"""Losses against explicit reference computations; LPIPS backbones are the real ImageNet weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import lpips
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+from coat_hf.losses import (
+    HARD_NEGATIVE_RULES,
+    correspondence_contrastive_loss,
+    latent_regularization,
+    lpips_loss,
+    mse_loss,
+    reconstruction_loss,
+)
+from coat_hf.lpips_weights import backbone_state_dict, load_lpips, load_numpy_pickle, load_vgg16_features
+
+
+DATA_DIR = Path(os.environ.get("COAT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+CELEBA_VAL = DATA_DIR / "celeba" / "val"
+
+
+# ----------------------------------------------------------------------------- L_reg
+
+
+def test_w_norm_matches_psp_formula():
+    torch.manual_seed(0)
+    w, w_avg = torch.randn(3, 4, 5), torch.randn(5)
+    expected = sum(
+        math.sqrt(sum((w[b, k, d] - w_avg[d]).item() ** 2 for k in range(4) for d in range(5))) for b in range(3)
+    ) / 3
+    assert latent_regularization(w, w_avg, "w_norm").item() == pytest.approx(expected, rel=1e-5)
+    per_layer_avg = w_avg.expand(4, 5)  # a (K, D) average broadcasts the same way
+    assert latent_regularization(w, per_layer_avg).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_delta_matches_e4e_formula():
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 5)
+    expected = sum(sum(torch.linalg.vector_norm(w[b, k] - w[b, 0]).item() for b in range(3)) / 3 for k in range(1, 4))
+    assert latent_regularization(w, kind="delta").item() == pytest.approx(expected, rel=1e-5)
+    assert latent_regularization(w[:, :1].expand(3, 4, 5), kind="delta").item() == 0
+
+
+def test_latent_regularization_rejects_bad_input():
+    w = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="kind"):
+        latent_regularization(w, torch.zeros(4), kind="l2")
+    with pytest.raises(ValueError, match="latent_avg"):
+        latent_regularization(w, None, kind="w_norm")
+    with pytest.raises(ValueError, match="latents"):
+        latent_regularization(w[0], torch.zeros(4))
+
+
+# ----------------------------------------------------------------------------- L_CCL
+
+
+def reference_ccl(query, key, tau, g, rule, valid):
+    """Eq. 5-6 with explicit loops: ranks by sorting, negatives by the rule, -log softmax."""
+    losses = []
+    for b in range(query.shape[0]):
+        q, k = F.normalize(query[b], dim=-1), F.normalize(key[b], dim=-1)
+        positions = [i for i in range(query.shape[1]) if valid[b, i]]
+        for i in positions:
+            others = sorted((j for j in positions if j != i), key=lambda j: -torch.dot(k[i], k[j]).item())
+            if rule == "hardest":
+                negatives = others[: math.ceil(g * len(others))]
+            elif rule == "exclude_nearest":
+                negatives = others[math.floor(g * len(others)) :]
+            else:
+                negatives = others
+            logits = torch.stack([torch.dot(q[i], k[j]) / tau for j in [i, *negatives]])
+            losses.append(-torch.log_softmax(logits, dim=0)[0])
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("rule", HARD_NEGATIVE_RULES)
+@pytest.mark.parametrize("g", [0.25, 0.5, 0.75])
+def test_ccl_matches_reference(rule, g):
+    torch.manual_seed(0)
+    query, key = torch.randn(2, 9, 6), torch.randn(2, 9, 6)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, [2, 7]] = False  # 7 valid positions in the second image: g·6 is exact
+    loss = correspondence_contrastive_loss(query, key, 0.2, g, rule, valid)
+    assert loss.item() == pytest.approx(reference_ccl(query, key, 0.2, g, rule, valid).item(), rel=1e-5)
+
+
+def test_ccl_rules_coincide_at_their_limits():
+    torch.manual_seed(1)
+    query, key = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    everything = correspondence_contrastive_loss(query, key, hard_negative_rule="all").item()
+    hardest_all = correspondence_contrastive_loss(query, key, 0.07, 1.0, "hardest")
+    assert hardest_all.item() == pytest.approx(everything, rel=1e-6)
+    assert correspondence_contrastive_loss(query, key, 0.07, 0.0, "exclude_nearest").item() == pytest.approx(
+        everything, rel=1e-6
+    )
+    # no negatives left: every anchor scores log(1) = 0
+    assert correspondence_contrastive_loss(query, key, 0.07, 0.0, "hardest") == 0
+
+
+def test_ccl_hard_negatives_are_the_similar_keys():
+    # k0 ≈ k1 and k2 = -k0: "hardest" (g=0.5) gives anchors 0, 1, 2 the negatives 1, 0, 1 (their most
+    # similar other key); "exclude_nearest" drops exactly those and keeps 2, 2, 0.
+    key = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]]])
+    query = torch.tensor([[[0.0, 1.0]] * 3])  # q·k = 0, a, 0 for the three keys
+    a = 0.1 / math.sqrt(0.82)
+    hardest = (2 * math.log(1 + math.exp(a)) + math.log(1 + math.exp(-a))) / 3
+    excluded = (2 * math.log(2) + math.log(1 + math.exp(-a))) / 3
+    for rule, expected in (("hardest", hardest), ("exclude_nearest", excluded)):
+        loss = correspondence_contrastive_loss(query, key, 1.0, 0.5, rule)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ccl_invalid_positions_take_no_part():
+    torch.manual_seed(2)
+    query, key = torch.randn(1, 12, 8), torch.randn(1, 12, 8)
+    valid = torch.rand(1, 12) > 0.4
+    kept = valid[0]
+    for rule in HARD_NEGATIVE_RULES:
+        loss = correspondence_contrastive_loss(query, key, 0.1, 0.5, rule, valid)
+        subset = correspondence_contrastive_loss(query[:, kept], key[:, kept], 0.1, 0.5, rule)
+        assert loss.item() == pytest.approx(subset.item(), rel=1e-6)
+        noisy_query, noisy_key = query.clone(), key.clone()
+        noisy_query[:, ~kept], noisy_key[:, ~kept] = 100.0, -3.0
+        assert correspondence_contrastive_loss(noisy_query, noisy_key, 0.1, 0.5, rule, valid).item() == pytest.approx(
+            loss.item(), rel=1e-6
+        )
+    assert correspondence_contrastive_loss(query, key, valid=torch.zeros(1, 12, dtype=torch.bool)) == 0
+
+
+def test_ccl_known_answer_matched_vs_shuffled():
+    tau, n = 0.07, 8
+    key = torch.eye(n)[None]  # orthonormal features
+    matched = correspondence_contrastive_loss(key.clone(), key, tau, hard_negative_rule="all")
+    assert matched.item() == pytest.approx(math.log(1 + (n - 1) * math.exp(-1 / tau)), abs=1e-6)  # float32
+    query = key[:, torch.roll(torch.arange(n), 1)]  # q_i = k_{i-1}: each anchor matches a negative
+    shuffled = correspondence_contrastive_loss(query, key, tau, hard_negative_rule="all")
+    assert shuffled.item() == pytest.approx(1 / tau + math.log(1 + (n - 1) * math.exp(-1 / tau)), rel=1e-4)
+    assert matched < 1e-4 < 10 < shuffled
+
+
+def test_ccl_gradients_are_finite():
+    torch.manual_seed(3)
+    query = torch.randn(2, 16, 8, requires_grad=True)
+    key = torch.randn(2, 16, 8, requires_grad=True)
+    valid = torch.rand(2, 16) > 0.3
+    correspondence_contrastive_loss(query, key, valid=valid).backward()
+    assert torch.isfinite(query.grad).all() and torch.isfinite(key.grad).all()
+    assert query.grad[~valid].abs().max() == 0  # invalid positions are not anchors
+
+
+def test_ccl_rejects_bad_arguments():
+    query = torch.randn(1, 4, 3)
+    with pytest.raises(ValueError, match="hard_negative_rule"):
+        correspondence_contrastive_loss(query, query, hard_negative_rule="softest")
+    with pytest.raises(ValueError, match="negative_threshold"):
+        correspondence_contrastive_loss(query, query, negative_threshold=1.5)
+    with pytest.raises(ValueError, match="key"):
+        correspondence_contrastive_loss(query, query[:, :3])
+    with pytest.raises(ValueError, match="valid"):
+        correspondence_contrastive_loss(query, query, valid=torch.ones(1, 4))
+
+
+# ----------------------------------------------------------------------------- L_rec
+
+
+def test_masked_mse_matches_reference():
+    torch.manual_seed(4)
+    output, target, mask = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 1, 8, 8)
+    expected = sum(
+        ((output[b] - target[b]) ** 2 * mask[b]).sum() / (3 * mask[b].sum()) for b in range(2)
+    ) / 2
+    assert mse_loss(output, target, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert mse_loss(output, target, torch.ones(2, 1, 4, 4)).item() == pytest.approx(
+        F.mse_loss(output, target).item(), rel=1e-6
+    )
+    binary = torch.zeros(2, 1, 8, 8)
+    binary[..., 2:6, 2:6] = 1
+    changed = torch.where(binary.bool(), output, output + 5)  # differs only outside the mask
+    assert mse_loss(changed, target, binary) == mse_loss(output, target, binary)
+
+
+@pytest.fixture(scope="module")
+def alex() -> lpips.LPIPS:
+    return load_lpips("alex")  # the first run fetches the weights (see coat_hf.lpips_weights)
+
+
+@pytest.fixture(scope="module")
+def random_alex() -> lpips.LPIPS:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+        warnings.simplefilter("ignore", UserWarning)
+        return lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+
+
+def test_reconstruction_loss_combines_parts(alex):
+    torch.manual_seed(5)
+    output, target = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    total, parts = reconstruction_loss(output, target, alex, lambda_mse=2.0, lambda_lpips=0.5)
+    assert parts["mse"].item() == pytest.approx(F.mse_loss(output, target).item(), rel=1e-6)
+    assert parts["lpips"].item() == pytest.approx(alex(output, target).mean().item(), rel=1e-6)
+    assert total.item() == pytest.approx(2.0 * parts["mse"].item() + 0.5 * parts["lpips"].item(), rel=1e-6)
+    masked_total, masked_parts = reconstruction_loss(
+        output, target, alex, lambda_mse=2.0, lambda_lpips=0.5, mask=torch.ones(2, 1, 32, 32)
+    )
+    assert masked_parts["mse"].item() == pytest.approx(parts["mse"].item(), rel=1e-6)
+    assert masked_parts["lpips"].item() == pytest.approx(parts["lpips"].item(), rel=1e-3)  # spatial map: ≈
+    assert alex.spatial is False  # the masked path restores the model
+
+
+def test_masked_lpips_averages_the_spatial_map(alex):
+    torch.manual_seed(6)
+    output, target = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :, :16] = 1
+    spatial = copy.deepcopy(alex)
+    spatial.spatial = True  # lpips' (B, 1, H, W) distance map
+    expected = spatial(output, target)[..., :16].mean()
+    assert lpips_loss(alex, output, target, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_reconstruction_loss_requires_lpips_model():
+    images = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="lpips_model"):
+        reconstruction_loss(images, images)
+    total, parts = reconstruction_loss(images, images + 0.5, lambda_lpips=0.0)
+    assert set(parts) == {"mse"} and total.item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="mask"):
+        mse_loss(images, images, torch.ones(1, 3, 8, 8))
+
+
+# ----------------------------------------------------------------------------- LPIPS weights
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float().div(127.5).sub(1)
+
+
+def _natural_image(seed: int, size: int = 128) -> torch.Tensor:
+    """Colour noise with a natural image's 1/f amplitude spectrum, in [-1, 1], (3, size, size)."""
+    generator = torch.Generator().manual_seed(seed)
+    frequency = (torch.fft.fftfreq(size)[:, None] ** 2 + torch.fft.fftfreq(size)[None, :] ** 2).sqrt()
+    phase = torch.exp(2j * torch.pi * torch.rand(3, size, size, generator=generator))
+    image = torch.fft.ifft2(phase / frequency.clamp_min(1 / size)).real
+    mixing = torch.eye(3) + 0.3 * torch.randn(3, 3, generator=generator)  # correlated colour channels
+    image = torch.einsum("ij,jhw->ihw", mixing, image)
+    return ((image - image.mean()) / image.std() * 0.5).clamp(-1, 1)
+
+
+def _distances(model: lpips.LPIPS, first, second, blurred) -> tuple[float, float, float]:
+    with torch.no_grad():
+        return tuple(model(first, other).mean().item() for other in (second, blurred, first))
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not CELEBA_VAL.is_dir(), reason=f"no CelebA photos in {CELEBA_VAL}")
+def test_lpips_backbone_is_imagenet_trained_on_faces(alex, random_alex):
+    photos = [Image.open(path) for path in sorted(CELEBA_VAL.glob("*.jpg"))[:8]]  # 178×218 faces
+    first = torch.stack([_to_tensor(photo) for photo in photos[0::2]])
+    second = torch.stack([_to_tensor(photo) for photo in photos[1::2]])  # different people
+    blurred = torch.stack([_to_tensor(photo.filter(ImageFilter.GaussianBlur(3))) for photo in photos[0::2]])
+    different, blur, same = _distances(alex, first, second, blurred)
+    random_different, random_blur, _ = _distances(random_alex, first, second, blurred)
+    assert different > 0.45 and blur > 0.3 and same == 0
+    assert random_blur < blur / 8  # a random backbone barely sees blur
+    assert random_different < different / 2
+
+
+def test_lpips_backbone_is_imagenet_trained_on_generated_images(alex, random_alex):
+    # looser than the photo test: 1/f noise is only natural-ish (real: ~0.43 / ~0.63, random: ~0.13 / ~0.06)
+    first = torch.stack([_natural_image(seed) for seed in range(4)])
+    second = torch.stack([_natural_image(seed) for seed in range(10, 14)])
+    blurred = torch.stack([_to_tensor(Image.fromarray(
+        ((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(3))
+    ) for image in first])
+    different, blur, same = _distances(alex, first, second, blurred)
+    random_different, random_blur, _ = _distances(random_alex, first, second, blurred)
+    assert different > 0.3 and blur > 0.3 and same == 0
+    assert random_blur < blur / 4 and random_different < different / 2
+
+
+def test_lpips_model_is_frozen_with_real_backbone(alex):
+    assert not alex.training and not any(p.requires_grad for p in alex.parameters())
+    first_conv = backbone_state_dict("alex")["features.0.weight"]
+    assert first_conv.shape == (64, 3, 11, 11) and torch.equal(alex.net.slice1[0].weight, first_conv)
+
+
+def test_vgg16_features_have_the_imagenet_weights():
+    features = load_vgg16_features()
+    expected = backbone_state_dict("vgg")
+    assert {f"features.{key}" for key in features.state_dict()} == set(expected)
+    assert all(torch.equal(value, expected[f"features.{key}"]) for key, value in features.state_dict().items())
+    assert not features.training and not any(p.requires_grad for p in features.parameters())
+    assert features(torch.zeros(1, 3, 32, 32)).shape == (1, 512, 1, 1)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return os.system, ("echo pwned",)
+
+
+def test_restricted_unpickler_allows_arrays_and_refuses_code():
+    arrays = {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    loaded = load_numpy_pickle(pickle.dumps(arrays, protocol=4))
+    assert np.array_equal(loaded["kernel"], arrays["kernel"])
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        load_numpy_pickle(pickle.dumps(_Exploit()))
