@@ -121,11 +121,21 @@ class COATModel(COATPreTrainedModel):
         """E_mod: maps -> (B, K, D) style vectors, offsets from the decoder's average latent."""
         return self.modulation_encoder(features) + self.latent_avg
 
-    def decode(self, latents: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """D: (B, K, D) -> (B, 3, S, S). Noise per ``config.noise_mode``; ``generator`` seeds random noise."""
+    def decode(self, latents: Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """D: (B, K, D) -> (B, 3, S, S). Noise per ``config.noise_mode``; ``generator`` seeds random noise.
+
+        A list of B generators draws each sample's noise from its own generator (as in diffusers), so a
+        seeded sample does not depend on the rest of its batch.
+        """
         noise = None
         if self.config.noise_mode == "random":
-            noise = self.decoder.make_noise(latents.shape[0], generator=generator, device=latents.device)
+            if isinstance(generator, (list, tuple)):
+                if len(generator) != latents.shape[0]:
+                    raise ValueError(f"generator: got {len(generator)} generators for a batch of {latents.shape[0]}")
+                per_sample = [self.decoder.make_noise(1, generator=g, device=latents.device) for g in generator]
+                noise = [torch.cat(maps) for maps in zip(*per_sample)]
+            else:
+                noise = self.decoder.make_noise(latents.shape[0], generator=generator, device=latents.device)
             noise = [z.to(latents.dtype) for z in noise]
         return self.decoder(latents, noise)
 
@@ -136,7 +146,7 @@ class COATModel(COATPreTrainedModel):
         n: int | None = None,
         output_correspondence: bool = False,
         return_dict: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         use_alignment: bool | None = None,
     ) -> COATOutput | tuple:
         """Transfer the style image's appearance onto the content image.
@@ -146,7 +156,7 @@ class COATModel(COATPreTrainedModel):
             style_pixel_values: I2, same shape.
             n: content modulation layers (0..K, default ``config.default_n``); n = K ignores the style.
             output_correspondence: also return the per-scale matches.
-            generator: seeds the decoder's noise inputs (reproducible calls).
+            generator: seeds the decoder's noise inputs (reproducible calls); a list gives one per sample.
             use_alignment: override ``config.use_alignment`` (False = latent-swapping baseline).
         """
         self._check_pixel_values(content_pixel_values, "content_pixel_values")
