@@ -1,0 +1,176 @@
+"""``coat-transfer``: COAT appearance transfer from the command line.
+
+    coat-transfer CONTENT STYLE -o OUT.png [--n N] [--model NAME|PATH] [--correspondence VIS.png]
+    coat-transfer --pairs pairs.csv --out-dir DIR [--batch-size B]
+    coat-transfer --list-models
+
+Errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+from transformers import pipeline
+from transformers.utils import logging as hf_logging
+
+from .image_io import load_image
+from .pipeline_coat import OUTPUT_SIZES, TASK, COATAppearanceTransferPipeline
+from .pretrained import available_models, default_model, resolve_model
+
+PROG = "coat-transfer"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Re-render the CONTENT image's object with the STYLE image's appearance (COAT, BMVC 2022).",
+        epilog="Images: files or http(s) URLs; each is resized as a whole to the model's square size, and the "
+        "result is resized back to the content's size (see --output-size).",
+    )
+    parser.add_argument("content", nargs="?", help="content image (structure to keep)")
+    parser.add_argument("style", nargs="?", help="style image (appearance to take)")
+    parser.add_argument("-o", "--output", type=Path, help="where to write the result (PNG, JPEG, ...)")
+    parser.add_argument("--pairs", type=Path, metavar="CSV",
+                        help="a CSV with columns content,style[,output]; relative paths are read from the CSV's folder")
+    parser.add_argument("--out-dir", type=Path, metavar="DIR", help="where --pairs results go")
+    parser.add_argument("--model", metavar="NAME|PATH",
+                        help=f"a bundled model name ({', '.join(available_models())}), a local folder or a Hub id "
+                        f"(default: {default_model()})")
+    parser.add_argument("--n", type=int, help="content modulation layers, 0..K (default: the model's default_n); "
+                        "smaller takes more of the style")
+    parser.add_argument("--correspondence", type=Path, metavar="VIS.png",
+                        help="also write a picture of the content-style matches (single pair only)")
+    parser.add_argument("--output-size", choices=OUTPUT_SIZES, default="content",
+                        help="'content': the content image's size (default); 'model': the model's square size")
+    parser.add_argument("--seed", type=int, help="seed for the decoder's noise (reproducible results)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the first GPU if any, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per model call with --pairs (default 8)")
+    parser.add_argument("--list-models", action="store_true", help="list the bundled models and exit")
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.list_models:
+        return
+    if args.pairs is not None:
+        if args.content or args.style or args.output:
+            parser.error("--pairs replaces CONTENT STYLE -o OUT: give one or the other")
+        if args.out_dir is None:
+            parser.error("--pairs needs --out-dir")
+        if args.correspondence is not None:
+            parser.error("--correspondence works with a single pair, not with --pairs")
+    elif not (args.content and args.style and args.output):
+        parser.error("give CONTENT STYLE -o OUT.png, or --pairs CSV --out-dir DIR")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    for flag, path in (("--output", args.output), ("--correspondence", args.correspondence)):
+        if path is not None and path.suffix.lower() not in PIL.Image.registered_extensions():
+            parser.error(f"{flag}: unknown image format {path.suffix or '(no extension)'!r} in {path}")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            parser.error(f"--device: not a device: {args.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error("--device: CUDA is not available on this machine")
+
+
+def _read_pairs(csv_path: Path, out_dir: Path) -> list[dict]:
+    """Rows of the CSV as {"line", "content", "style", "output"}, paths resolved (URLs kept as they are)."""
+    if not csv_path.is_file():
+        raise ValueError(f"--pairs: file not found: {csv_path}")
+
+    def resolve(value: str, folder: Path) -> str:
+        return value if value.startswith(("http://", "https://")) else str(folder / value)
+
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        if not {"content", "style"} <= columns:
+            raise ValueError(f"--pairs: {csv_path} needs the columns content,style[,output]; got {sorted(columns)}")
+        rows = []
+        for row in reader:
+            line = reader.line_num
+            content, style = (row.get("content") or "").strip(), (row.get("style") or "").strip()
+            if not content or not style:
+                raise ValueError(f"--pairs: {csv_path} line {line}: empty content or style")
+            output = (row.get("output") or "").strip() or f"{len(rows):04d}_{Path(content).stem}_{Path(style).stem}.png"
+            if Path(output).suffix.lower() not in PIL.Image.registered_extensions():
+                raise ValueError(f"--pairs: {csv_path} line {line}: unknown image format for output {output!r}")
+            rows.append({"line": line, "content": resolve(content, csv_path.parent),
+                         "style": resolve(style, csv_path.parent), "output": out_dir / output})
+    if not rows:
+        raise ValueError(f"--pairs: {csv_path} has no pairs")
+    return rows
+
+
+def _save(image: PIL.Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _run_pairs(pipe: COATAppearanceTransferPipeline, args: argparse.Namespace, params: dict) -> None:
+    rows = _read_pairs(args.pairs, args.out_dir)
+    with tqdm(total=len(rows), unit="pair", desc=PROG) as bar:
+        for start in range(0, len(rows), args.batch_size):
+            chunk = rows[start : start + args.batch_size]
+            # Loaded here so that an error names the CSV line.
+            inputs = [{key: load_image(row[key], f"{args.pairs} line {row['line']}: {key}") for key in ("content", "style")}
+                      for row in chunk]
+            for row, result in zip(chunk, pipe(inputs, batch_size=args.batch_size, **params)):
+                _save(result["image"], row["output"])
+            bar.update(len(chunk))
+    print(f"wrote {len(rows)} images to {args.out_dir}")
+
+
+def _load_pipeline(model: str | None, device: str | None) -> COATAppearanceTransferPipeline:
+    """The pipeline for a bundled name, a local folder or a Hub id (default: the bundled default)."""
+    try:
+        return pipeline(TASK, model=resolve_model(model), device=device)
+    except (OSError, ValueError) as err:
+        first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise ValueError(f"--model: cannot load {model or default_model()!r} (bundled models: "
+                         f"{', '.join(available_models())}): {first_line}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    if args.list_models:
+        print("\n".join(f"{name}{' (default)' if name == default_model() else ''}" for name in available_models()))
+        return 0
+    hf_logging.disable_progress_bar()  # transformers' weight-loading bar; ours counts pairs
+    try:
+        # A single pair is checked before the model loads, so a bad path fails fast.
+        images = None if args.pairs else [load_image(args.content, "content"), load_image(args.style, "style")]
+        pipe = _load_pipeline(args.model, args.device)
+        params = {"n": args.n, "seed": args.seed, "output_size": args.output_size}
+        if args.pairs is not None:
+            _run_pairs(pipe, args, params)
+            return 0
+        result = pipe(*images, return_correspondence=args.correspondence is not None, **params)
+        _save(result["image"], args.output)
+        print(f"wrote {args.output}")
+        if args.correspondence is not None:
+            _save(result["correspondence"]["image"], args.correspondence)
+            print(f"wrote {args.correspondence}")
+    except (OSError, ValueError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
