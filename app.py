@@ -1,0 +1,295 @@
+"""COAT in the browser: ``python app.py`` serves correspondence-driven object appearance transfer.
+
+Drop a content photo and a style photo: the app re-renders the content's object with the style's
+appearance (COAT, Jeon et al., BMVC 2022) and shows the correspondences behind it, the mutual nearest
+neighbours of Eq. 1-3 at one feature scale and the soft mutual consistency Q of Eq. 2 over the content.
+A slider picks n, the number of modulation layers that keep the content's style vectors; "Sweep" renders
+every n at once.
+
+``--model`` (or ``COAT_MODEL``) picks the model, by default the one bundled with the package; ``--examples
+DIR`` adds example pairs. Hugging Face Spaces runs this file as is and sets GRADIO_SERVER_NAME/PORT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import PIL.Image  # noqa: E402
+from PIL import ImageOps  # noqa: E402
+from transformers import pipeline  # noqa: E402
+
+from coat_hf.image_io import load_image  # noqa: E402
+from coat_hf.pipeline_coat import TASK, COATAppearanceTransferPipeline  # noqa: E402
+from coat_hf.pretrained import UNTRAINED_MODEL, is_untrained, resolve_model  # noqa: E402
+from coat_hf.visualization import confidence_heatmap, default_scale  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+QUEUE_SIZE = 16
+"""Requests waiting beyond this many are turned away (the page says the queue is full)."""
+
+MAX_UPLOAD = "25mb"
+"""Largest accepted upload; images are also refused above ``coat_hf.image_io.MAX_IMAGE_PIXELS``."""
+
+SEED = 0
+"""Seeds the decoder's noise, so results for different n (and repeated runs) differ only by n."""
+
+EXAMPLE_SIZE = 256
+"""Example photos are centre-cropped to squares of this side (the model sees images resized as a whole)."""
+
+BUNDLED_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
+    # (content, style) as (installed package, file inside it): photos the install already has, no download.
+    (("gradio", "media_assets/images/cheetah1.jpg"), ("gradio", "media_assets/images/lion.jpg")),
+    (("gradio", "media_assets/images/lion.jpg"), ("gradio", "test_data/cheetah2.jpg")),
+    (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"), ("gradio", "media_assets/images/groot.jpeg")),
+)
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+"""Files that ``--examples DIR`` takes as photos when it has no pairs.csv."""
+
+N_HELP = "Lower n = more of the style: the first n modulation layers keep the content's style vectors."
+
+
+@contextmanager
+def shown_in_page() -> Iterator[None]:
+    """Bad input (the pipeline's ``ValueError``) becomes a ``gr.Error``: the page shows its message and the
+    server keeps serving."""
+    try:
+        yield
+    except ValueError as err:
+        raise gr.Error(str(err), title="Cannot run COAT on this input", print_exception=False) from None
+
+
+def image_path(value: Any, name: str) -> str | PIL.Image.Image:
+    """An image input as the event receives it (a Gradio file payload, a path or a PIL image) -> a path or image.
+
+    The events skip Gradio's own preprocessing so that a file that is not an image reaches
+    :func:`coat_hf.image_io.load_image`, whose ``ValueError`` names the input, instead of failing in Gradio.
+    """
+    if value is None:
+        raise ValueError(f"{name}: no image yet; upload, paste or take a photo")
+    if isinstance(value, dict):
+        if not value.get("path"):
+            raise ValueError(f"{name}: the upload did not arrive; please try again")
+        return value["path"]
+    return value
+
+
+def as_n(value: Any) -> Any:
+    """The slider's value as the integer n (clients may send 3.0); anything else goes to the pipeline's check."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def prepare_example(source: str | os.PathLike, out_dir: Path, stem: str) -> str:
+    """A square PNG copy of ``source`` (centre crop, :data:`EXAMPLE_SIZE` px) in ``out_dir``; returns its path."""
+    image = ImageOps.fit(load_image(source, stem), (EXAMPLE_SIZE, EXAMPLE_SIZE), PIL.Image.Resampling.LANCZOS)
+    path = out_dir / f"{stem}.png"
+    image.save(path)
+    return str(path)
+
+
+def bundled_pairs() -> list[tuple[Path, Path]]:
+    """The :data:`BUNDLED_PAIRS` whose two photos this install has."""
+    pairs = []
+    for pair in BUNDLED_PAIRS:
+        paths = []
+        for package, name in pair:
+            try:
+                path = resources.files(package).joinpath(name)
+            except ModuleNotFoundError:
+                break
+            if not path.is_file():
+                break
+            paths.append(Path(str(path)))
+        else:
+            pairs.append((paths[0], paths[1]))
+    return pairs
+
+
+def folder_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(content, style) pairs from ``folder``: the rows of its ``pairs.csv`` (columns ``content,style``, paths
+    relative to the folder) if present, else its images sorted by name and taken two by two."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--examples: not a folder: {folder}")
+    table = folder / "pairs.csv"
+    if table.is_file():
+        with table.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"content", "style"} <= set(rows[0]):
+            raise ValueError(f"--examples: {table} needs the columns 'content' and 'style'")
+        return [(folder / row["content"], folder / row["style"]) for row in rows]
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    if len(images) % 2:
+        logger.warning("--examples: %s has an odd number of images; %s is left out", folder, images[-1].name)
+    return list(zip(images[0::2], images[1::2]))
+
+
+def build_examples(out_dir: str | os.PathLike, folder: str | os.PathLike | None = None) -> list[list[str]]:
+    """Example pairs for the page, written as square PNGs into ``out_dir``: those of ``folder`` (see
+    :func:`folder_pairs`) first, then the photos bundled with installed packages. Unreadable photos are skipped."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = (folder_pairs(folder) if folder is not None else []) + bundled_pairs()
+    examples = []
+    for i, (content, style) in enumerate(pairs):
+        try:
+            examples.append([prepare_example(content, out_dir, f"{i:02d}-content-{Path(content).stem}"),
+                             prepare_example(style, out_dir, f"{i:02d}-style-{Path(style).stem}")])
+        except ValueError as err:
+            logger.warning("skipping example pair %d: %s", i, err)
+    return examples
+
+
+def load_pipeline(model: str | os.PathLike | None = None) -> COATAppearanceTransferPipeline:
+    """The ``coat-appearance-transfer`` pipeline on ``model``: a bundled name, a folder or a Hub id; ``None``
+    means the package's default model."""
+    return pipeline(TASK, model=resolve_model(model))
+
+
+class COATDemo:
+    """The app's event handlers around one pipeline, and the page that wires them (:meth:`build`)."""
+
+    def __init__(self, pipe: COATAppearanceTransferPipeline) -> None:
+        self.pipe = pipe
+        self.config = pipe.model.config
+
+    @property
+    def num_modulation_layers(self) -> int:
+        """K: the slider for n runs over 0..K."""
+        return self.config.num_modulation_layers
+
+    def scale_choices(self) -> list[tuple[str, int]]:
+        """The correspondence scales, shallow to deep, labelled with their feature grids."""
+        return [(f"scale {scale}: {size}x{size} grid", scale) for scale, size in enumerate(self.config.feature_sizes)]
+
+    def default_scale(self) -> int:
+        """The scale the panel starts on: :func:`coat_hf.visualization.default_scale` of this model's grids."""
+        return default_scale([{"scale": scale, "content_size": (size, size)}
+                              for scale, size in enumerate(self.config.feature_sizes)])
+
+    def transfer(self, content: Any, style: Any, n: Any, scale: Any, progress: gr.Progress = gr.Progress()
+                 ) -> tuple[PIL.Image.Image, PIL.Image.Image, int, PIL.Image.Image]:
+        """One transfer and its correspondence panel.
+
+        Returns the result (at the content's size), the matches of ``scale`` drawn between content and style,
+        their number (the confident set p of Eq. 3) and the confidence Q (Eq. 2) as a heatmap over the content.
+        """
+        with shown_in_page():
+            progress(0.1, desc="Loading the images")
+            content = load_image(image_path(content, "content"), "content")
+            style = load_image(image_path(style, "style"), "style")
+            progress(0.3, desc="Transferring")
+            out = self.pipe(content, style, n=as_n(n), return_correspondence=True, correspondence_scale=scale,
+                            seed=SEED)
+            progress(0.9, desc="Drawing the correspondences")
+            matches = out["correspondence"]["matches"]
+            scale = default_scale(matches) if scale is None else scale
+            heatmap = confidence_heatmap(matches, content.size, scale, image=content)
+        return out["image"], out["correspondence"]["image"], matches[scale]["content_index"].numel(), heatmap
+
+    def sweep(self, content: Any, style: Any, progress: gr.Progress = gr.Progress()
+              ) -> list[tuple[PIL.Image.Image, str]]:
+        """The result for every n in 0..K, captioned, for a strip of results."""
+        with shown_in_page():
+            content = load_image(image_path(content, "content"), "content")
+            style = load_image(image_path(style, "style"), "style")
+            k = self.num_modulation_layers
+            strip = []
+            for n in progress.tqdm(range(k + 1), desc="Sweeping n"):
+                image = self.pipe(content, style, n=n, seed=SEED)["image"]
+                strip.append((image, f"n = {n}" + {0: " (most style)", k: " (content)"}.get(n, "")))
+        return strip
+
+    def build(self, examples: Sequence[Sequence[str]] = ()) -> gr.Blocks:
+        """The page: inputs and result, the controls, the correspondence panel and the sweep strip."""
+        k = self.num_modulation_layers
+        with gr.Blocks(title="COAT: object appearance transfer") as demo:
+            gr.Markdown(
+                "# COAT: correspondence-driven object appearance transfer\n"
+                "Re-render the **content** photo's object with the **style** photo's appearance "
+                "(COAT, Jeon et al., BMVC 2022). The model matches the two "
+                "images' features (mutual nearest neighbours) and moves the style's features onto the content "
+                "where they match; the panel below shows those matches."
+            )
+            if is_untrained(self.pipe.model.name_or_path):
+                gr.Markdown(f"**Note:** this server runs `{UNTRAINED_MODEL}`, an untrained placeholder: the "
+                            "results show the app working, not a real transfer. Start it with `--model` to use "
+                            "a trained model.")
+            with gr.Row():
+                content = gr.Image(label="Content", type="filepath", image_mode=None, elem_id="content",
+                                   sources=["upload", "clipboard", "webcam"])
+                style = gr.Image(label="Style", type="filepath", image_mode=None, elem_id="style",
+                                 sources=["upload", "clipboard", "webcam"])
+                result = gr.Image(label="Result", format="png", interactive=False, elem_id="result")
+            with gr.Row(equal_height=True):
+                n = gr.Slider(0, k, value=self.config.default_n, step=1, precision=0, label=f"n (0 to {k})",
+                              info=N_HELP, elem_id="n", scale=3)
+                scale = gr.Dropdown(self.scale_choices(), value=self.default_scale(),
+                                    label="Correspondence scale", elem_id="scale", scale=2)
+                run = gr.Button("Run", variant="primary", elem_id="run", scale=1)
+                sweep = gr.Button("Sweep all n", elem_id="sweep", scale=1)
+            gr.Markdown("### Correspondences")
+            with gr.Row():
+                matches = gr.Image(label="Confident matches: content (left) and style (right)", format="png",
+                                   interactive=False, elem_id="matches", scale=2)
+                with gr.Column(scale=1):
+                    heatmap = gr.Image(label="Match confidence Q over the content (bright = mutual)",
+                                       format="png", interactive=False, elem_id="heatmap")
+                    count = gr.Number(label="Number of confident matches", precision=0, interactive=False,
+                                      elem_id="count")
+            strip = gr.Gallery(label="Sweep: the result for every n", columns=k + 1, rows=1, height="auto",
+                               object_fit="contain", elem_id="strip")
+            if examples:
+                gr.Examples(examples, inputs=[content, style], label="Example pairs (content, style)")
+            # preprocess=False: bad files reach the pipeline's loader, whose errors are readable (see image_path).
+            run.click(self.transfer, [content, style, n, scale], [result, matches, count, heatmap],
+                      api_name="transfer", preprocess=False)
+            sweep.click(self.sweep, [content, style], strip, api_name="sweep", preprocess=False)
+        return demo
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=os.environ.get("COAT_MODEL"),
+                        help="bundled model name, model folder or Hub id (default: $COAT_MODEL, else the bundled default)")
+    parser.add_argument("--examples", metavar="DIR",
+                        help="folder of example pairs: a pairs.csv (content,style) or images taken two by two by name")
+    parser.add_argument("--host", default=None, help="address to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860 or the next free one)")
+    parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def serve(page: gr.Blocks, host: str | None = None, port: int | None = None, **launch_kwargs: Any) -> gr.Blocks:
+    """Queue requests one at a time (at most :data:`QUEUE_SIZE` waiting) and start the server.
+
+    ``host``/``port`` of ``None`` leave the choice to Gradio: GRADIO_SERVER_NAME/GRADIO_SERVER_PORT, which
+    Hugging Face Spaces sets, else 127.0.0.1 and the first free port from 7860.
+    """
+    page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    page.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, **launch_kwargs)
+    return page
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    demo = COATDemo(load_pipeline(args.model))
+    examples = build_examples(tempfile.mkdtemp(prefix="coat-examples-"), args.examples)
+    serve(demo.build(examples), args.host, args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""The Gradio app (app.py): its functions directly, then the running server through gradio_client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from PIL import ImageDraw
+
+import app
+from coat_hf.image_io import MAX_IMAGE_PIXELS, load_image, pixel_transform
+from coat_hf.pretrained import UNTRAINED_MODEL, available_models, default_model, resolve_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def synthetic_photo(path: Path, hue: int, size: int = 64) -> Path:
+    """A small drawn picture: a colour gradient with an ellipse and a square on it."""
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    rgb = np.stack([np.add.outer(ramp, ramp) / 2, np.full((size, size), hue, np.float32),
+                    np.add.outer(ramp[::-1], ramp) / 2], axis=-1)
+    image = PIL.Image.fromarray(rgb.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([size // 5, size // 4, size * 3 // 4, size * 4 // 5], fill=(hue, 255 - hue, 90))
+    draw.rectangle([size // 2, size // 8, size * 7 // 8, size // 2], fill=(40, hue, 200))
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    return synthetic_photo(folder / "content.png", 30), synthetic_photo(folder / "style.png", 220, size=48)
+
+
+@pytest.fixture(scope="module")
+def demo() -> app.COATDemo:
+    return app.COATDemo(app.load_pipeline(UNTRAINED_MODEL))
+
+
+# --- the functions ------------------------------------------------------------------------------------------
+
+
+def test_transfer_returns_result_and_correspondence_panel(demo, photos):
+    content, style = photos
+    k = demo.num_modulation_layers
+    for scale in range(demo.config.num_scales):
+        result, matches, count, heatmap = demo.transfer(str(content), str(style), k // 2, scale)
+        assert result.size == (64, 64)  # the content's size
+        assert heatmap.size == (64, 64) and heatmap.mode == "RGB"
+        assert matches.width > matches.height  # content and style side by side
+        # The count is the confident set p of Eq. 3 at that scale, as the model itself finds it.
+        transform = pixel_transform(demo.config.image_size)
+        out = demo.pipe.model(transform(load_image(content))[None], transform(load_image(style))[None],
+                              output_correspondence=True)
+        assert count == int(out.correspondences[scale].mutual.sum()) > 0
+
+
+def test_transfer_depends_on_n_and_is_reproducible(demo, photos):
+    content, style = (str(p) for p in photos)
+    k = demo.num_modulation_layers
+    most_style = np.asarray(demo.transfer(content, style, 0, 0)[0])
+    content_only = np.asarray(demo.transfer(content, style, k, 0)[0])
+    assert not np.array_equal(most_style, content_only)
+    assert np.array_equal(content_only, np.asarray(demo.transfer(content, style, float(k), 0)[0]))
+
+
+def test_transfer_accepts_gradio_payloads(demo, photos):
+    content, style = photos
+    payload = {"path": str(content), "meta": {"_type": "gradio.FileData"}}
+    from_payload = demo.transfer(payload, {"path": str(style)}, 2, 1)
+    from_paths = demo.transfer(str(content), str(style), 2, 1)
+    assert np.array_equal(np.asarray(from_payload[0]), np.asarray(from_paths[0]))
+    assert from_payload[2] == from_paths[2]
+
+
+def test_sweep_renders_every_n(demo, photos):
+    content, style = (str(p) for p in photos)
+    k = demo.num_modulation_layers
+    strip = demo.sweep(content, style)
+    assert [caption.split(" (")[0] for _, caption in strip] == [f"n = {n}" for n in range(k + 1)]
+    assert "style" in strip[0][1] and "content" in strip[-1][1]
+    for n in (0, k):  # the strip shows exactly what "Run" shows for that n
+        assert np.array_equal(np.asarray(strip[n][0]), np.asarray(demo.transfer(content, style, n, 0)[0]))
+
+
+def test_bad_input_becomes_a_readable_page_error(demo, photos, tmp_path):
+    content, style = (str(p) for p in photos)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    huge = tmp_path / "huge.png"
+    PIL.Image.new("1", (8000, MAX_IMAGE_PIXELS // 8000 + 1)).save(huge)  # small file, too many pixels
+    cases = [
+        ((str(text), style, 1, 0), "content: "),
+        ((content, str(huge), 1, 0), "style: "),
+        ((None, style, 1, 0), "content: no image"),
+        ((content, style, demo.num_modulation_layers + 1, 0), "n must be an integer"),
+        ((content, style, 1, 99), "correspondence_scale"),
+    ]
+    for args, message in cases:
+        with pytest.raises(gr.Error) as err:
+            demo.transfer(*args)
+        assert message in err.value.message
+    with pytest.raises(gr.Error, match="content: "):
+        demo.sweep(str(text), style)
+
+
+def test_page_has_the_controls(demo):
+    k = demo.num_modulation_layers
+    page = demo.build()
+    by_id = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    slider = by_id["n"]
+    assert (slider.minimum, slider.maximum, slider.step, slider.value) == (0, k, 1, demo.config.default_n)
+    assert "lower n = more of the style" in slider.info.lower()
+    assert [value for _, value in by_id["scale"].choices] == list(range(demo.config.num_scales))
+    for name in ("content", "style"):
+        assert set(by_id[name].sources) == {"upload", "clipboard", "webcam"}
+    assert {"result", "matches", "heatmap", "count", "strip", "run", "sweep"} <= set(by_id)
+    assert {"transfer", "sweep"} <= {fn.api_name for fn in page.fns.values()}
+
+
+def test_default_model_is_the_bundled_default():
+    pipe = app.load_pipeline()
+    assert Path(pipe.model.name_or_path) == Path(resolve_model(default_model()))
+    assert default_model() in available_models()
+
+
+# --- examples -------------------------------------------------------------------------------------------------
+
+
+def test_examples_come_from_installed_packages(tmp_path):
+    pairs = app.bundled_pairs()
+    assert pairs, "gradio and matplotlib ship sample photos"
+    assert all(REPO not in p.parents for pair in pairs for p in pair)
+    examples = app.build_examples(tmp_path / "out")
+    assert len(examples) == len(pairs)
+    for pair in examples:
+        for path in pair:
+            assert Path(path).parent == tmp_path / "out"
+            assert PIL.Image.open(path).size == (app.EXAMPLE_SIZE, app.EXAMPLE_SIZE)
+
+
+def test_examples_from_a_folder(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, name in enumerate(["a.png", "b.jpg", "c.png", "d.png", "e.png"]):
+        synthetic_photo(folder / name, 40 * i)
+    (folder / "readme.txt").write_text("not a photo")
+    assert [(c.name, s.name) for c, s in app.folder_pairs(folder)] == [("a.png", "b.jpg"), ("c.png", "d.png")]
+
+    (folder / "pairs.csv").write_text("content,style\ne.png,a.png\nc.png,missing.png\n")
+    assert [(c.name, s.name) for c, s in app.folder_pairs(folder)] == [("e.png", "a.png"), ("c.png", "missing.png")]
+    examples = app.build_examples(tmp_path / "out", folder)  # the unreadable pair is skipped, with a warning
+    assert len(examples) == 1 + len(app.bundled_pairs())
+    assert Path(examples[0][0]).name == "00-content-e.png" and Path(examples[0][1]).name == "00-style-a.png"
+
+    (folder / "pairs.csv").write_text("first,second\ne.png,a.png\n")
+    with pytest.raises(ValueError, match="columns 'content' and 'style'"):
+        app.folder_pairs(folder)
+    with pytest.raises(ValueError, match="--examples: not a folder"):
+        app.folder_pairs(folder / "nope")
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def test_command_line(monkeypatch):
+    monkeypatch.delenv("COAT_MODEL", raising=False)
+    args = app.parse_args([])
+    assert (args.model, args.examples, args.host, args.port, args.share) == (None, None, None, None, False)
+    monkeypatch.setenv("COAT_MODEL", "/models/mine")
+    assert app.parse_args([]).model == "/models/mine"
+    args = app.parse_args(["--model", "other", "--port", "8000", "--host", "0.0.0.0", "--share", "--examples", "x"])
+    assert (args.model, args.port, args.host, args.share, args.examples) == ("other", 8000, "0.0.0.0", True, "x")
+
+
+# --- the running server -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(demo, tmp_path_factory):
+    page = app.serve(demo.build(app.build_examples(tmp_path_factory.mktemp("examples"))), "127.0.0.1", free_port(),
+                     prevent_thread_lock=True, quiet=True)
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(server.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+def test_server_queue_is_bounded(server):
+    assert server._queue.max_size == app.QUEUE_SIZE
+
+
+def test_client_predicts_at_both_ends_of_the_slider(client, demo, photos):
+    from gradio_client import handle_file
+
+    content, style = photos
+    k = demo.num_modulation_layers
+    results = {}
+    for n in (0, k):
+        result, matches, count, heatmap = client.predict(handle_file(str(content)), handle_file(str(style)), n, 1,
+                                                         api_name="/transfer")
+        assert PIL.Image.open(result).size == (64, 64)
+        assert PIL.Image.open(heatmap).size == (64, 64)
+        assert PIL.Image.open(matches).width > PIL.Image.open(matches).height
+        assert count == demo.transfer(str(content), str(style), n, 1)[2] > 0
+        results[n] = np.asarray(PIL.Image.open(result).convert("RGB"))
+        assert np.array_equal(results[n], np.asarray(demo.transfer(str(content), str(style), n, 1)[0]))
+    assert not np.array_equal(results[0], results[k])
+
+
+def test_client_sweep(client, demo, photos):
+    from gradio_client import handle_file
+
+    strip = client.predict(handle_file(str(photos[0])), handle_file(str(photos[1])), api_name="/sweep")
+    assert len(strip) == demo.num_modulation_layers + 1
+    assert strip[0]["caption"].startswith("n = 0") and PIL.Image.open(strip[0]["image"]).size == (64, 64)
+
+
+def test_client_sees_readable_errors_and_the_server_keeps_serving(client, photos, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    with pytest.raises(AppError, match="content: .* not an image"):
+        client.predict(handle_file(str(text)), handle_file(str(photos[1])), 1, 0, api_name="/transfer")
+    huge = tmp_path / "huge.png"
+    PIL.Image.new("1", (8000, MAX_IMAGE_PIXELS // 8000 + 1)).save(huge)
+    with pytest.raises(AppError, match="style: the image is 8000x.* above the limit"):
+        client.predict(handle_file(str(photos[0])), handle_file(str(huge)), 1, 0, api_name="/transfer")
+    count = client.predict(handle_file(str(photos[0])), handle_file(str(photos[1])), 1, 0, api_name="/transfer")[2]
+    assert count > 0
+
+
+@pytest.mark.slow
+def test_python_app_py_binds_where_spaces_says(tmp_path):
+    """``python app.py`` as Spaces runs it: host and port from GRADIO_SERVER_NAME/GRADIO_SERVER_PORT."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "COAT_MODEL": UNTRAINED_MODEL, "GRADIO_TEMP_DIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as response:
+                    config = response.read().decode()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"app.py did not start:\n{process.communicate()[0] if process.poll() is not None else ''}")
+                time.sleep(0.5)
+        assert "Sweep all n" in config and "lower n = more of the style" in config.lower()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
