@@ -6,6 +6,7 @@
 Every field of :class:`TrainConfig` can be set in the YAML file and overridden on the command line as
 ``--field value``. The output folder holds ``config.yaml`` (the resolved config), ``checkpoints/step_*``
 (Accelerate states, written atomically, the last ``keep_last`` kept), ``logs/`` (TensorBoard),
+``metrics.jsonl`` (the logged scalars, one line per ``log_every`` steps),
 ``samples/`` (content | style | transfer grids) and ``final/`` (the EMA model, ``save_pretrained``
 format with a model card, loadable by ``COATModel.from_pretrained`` and the pipeline).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -338,6 +340,7 @@ def train(config: TrainConfig) -> Path:
     )
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     if accelerator.device.type == "cpu":
         torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     set_seed(config.seed)
@@ -430,6 +433,10 @@ def train(config: TrainConfig) -> Path:
                 last_logs = {**parts, "lr": scheduler.get_last_lr()[0], "images_per_s": window_images / elapsed,
                              "skipped_images": state.skipped_images}
                 accelerator.log(last_logs, step=state.step)
+                if accelerator.is_main_process:
+                    with open(output_dir / "metrics.jsonl", "a") as handle:
+                        handle.write(json.dumps({"step": state.step, "num_processes": accelerator.num_processes,
+                                                 **last_logs}) + "\n")
                 progress.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{last_logs['images_per_s']:.1f}")
                 window_images, window_start = 0, time.perf_counter()
             if fixed is not None and (state.step % config.sample_every == 0 or state.step == config.max_steps):
