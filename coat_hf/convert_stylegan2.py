@@ -90,9 +90,9 @@ class NetworkStub(dict):
     args: tuple = ()
     state: Any = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any) -> None:
         super().__init__()
-        self.args, self.state = args, kwargs or None
+        self.args = args
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -332,14 +332,17 @@ def nvlabs_to_coat(tensors: Mapping[str, Tensor], attributes: Mapping[str, Mappi
     layout, attributes = "NVlabs", attributes or {}
     if "synthesis.input.affine.weight" in tensors or any(re.match(r"synthesis\.L\d+_", k) for k in tensors):
         raise ValueError("this is a StyleGAN3 (alias-free) generator, not StyleGAN2: COAT's decoder cannot load it")
-    resolutions = sorted(int(m.group(1)) for k in tensors if (m := re.fullmatch(r"synthesis\.b(\d+)\.conv1\.weight", k)))
+    blocks = (re.fullmatch(r"synthesis\.b(\d+)\.conv1\.weight", k) for k in tensors)
+    resolutions = sorted(int(m.group(1)) for m in blocks if m)
     if not resolutions or resolutions != [4 * 2**i for i in range(len(resolutions))]:
-        raise ValueError(f"not an NVlabs StyleGAN2 generator: synthesis blocks at {resolutions}, expected 4, 8, 16, ...")
+        raise ValueError(f"not an NVlabs StyleGAN2 generator: synthesis blocks at {resolutions}, "
+                         "expected 4, 8, 16, ...")
     for path, attrs in attributes.items():
         for pattern, key, supported in ((r"synthesis\.b\d+", "architecture", "skip"),
                                         (r"synthesis\.b\d+\.conv[01]", "activation", "lrelu")):
             if re.fullmatch(pattern, path) and attrs.get(key, supported) != supported:
-                raise ValueError(f"{path} uses {key}={attrs[key]!r}; COAT's decoder is StyleGAN2 with {key}={supported!r}")
+                raise ValueError(f"{path} uses {key}={attrs[key]!r}; COAT's decoder is StyleGAN2 with "
+                                 f"{key}={supported!r}")
     clamps = {a["conv_clamp"] for a in attributes.values() if a.get("conv_clamp") is not None}
     if clamps:
         logger.info("conv_clamp=%s is not applied: it only clips activations beyond ±%s (an fp16 safeguard)",
@@ -408,7 +411,8 @@ def nvlabs_to_coat(tensors: Mapping[str, Tensor], attributes: Mapping[str, Mappi
 
 def read_rosinality_checkpoint(path: str | Path, **kwargs: Any) -> ImportedGenerator:
     """A rosinality ``.pt`` (``g_ema`` [+ ``latent_avg``], or a bare generator state dict), loaded with
-    ``weights_only=True`` (``argparse.Namespace`` training args allowed). ``kwargs`` go to :func:`rosinality_to_coat`."""
+    ``weights_only=True`` (``argparse.Namespace`` training args allowed). ``kwargs`` go to
+    :func:`rosinality_to_coat`."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -520,7 +524,7 @@ def write_train_config(model_dir: str | Path, base: str | Path | None = PAPER_TR
     values = {"init_from": str(model_dir.resolve()), "train_modules": "encoders",
               **({"model_overrides": overrides} if overrides else {}),
               **{k: v for k, v in values.items() if k not in ("init_from", "train_modules")},
-              "output_dir": f"runs/coat-{model_dir.name}"}
+              "output_dir": f"runs/{model_dir.name}"}
     path = model_dir / "train_config.yaml"
     path.write_text(
         "# COAT on an imported StyleGAN2 decoder: E and E_mod train, the decoder stays frozen (the paper's setting).\n"
@@ -563,12 +567,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        model = convert_checkpoint(args.checkpoint, args.out, args.format, args.preset, args.encoder_channels, args.seed)
+        model = convert_checkpoint(args.checkpoint, args.out, args.format, args.preset, args.encoder_channels,
+                                   args.seed)
     except (ValueError, pickle.UnpicklingError) as error:
         parser.error(str(error))
-    config = model.config
+    config, k = model.config, model.num_modulation_layers
     print(f"Imported a {config.image_size} px StyleGAN2 decoder (widths {config.decoder_channels}, "
-          f"{config.style_dim}-d styles, K = {config.num_modulation_layers} modulation layers, n in 0..{config.num_modulation_layers})")
+          f"{config.style_dim}-d styles, K = {k} modulation layers, n in 0..{k})")
     print(f"COAT model: {args.out}\nTrain the encoders: python training/train.py --config "
           f"{Path(args.out) / 'train_config.yaml'} --data_dir /path/to/category")
 

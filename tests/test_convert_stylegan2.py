@@ -146,7 +146,8 @@ def nvlabs_reference(sd: dict[str, Tensor], ws: Tensor, noise: list[Tensor], con
 
     def torgb(prefix: str, x: Tensor, w: Tensor) -> Tensor:
         weight = sd[f"{prefix}.weight"]
-        styles = equal_linear(w, sd[f"{prefix}.affine.weight"], sd[f"{prefix}.affine.bias"]) / math.sqrt(weight.shape[1])
+        styles = equal_linear(w, sd[f"{prefix}.affine.weight"], sd[f"{prefix}.affine.bias"])
+        styles = styles / math.sqrt(weight.shape[1])
         y = conv_per_sample(x, modulate(weight, styles, False), 0) + sd[f"{prefix}.bias"].view(1, -1, 1, 1)
         return y if conv_clamp is None else y.clamp(-conv_clamp, conv_clamp)
 
@@ -258,7 +259,8 @@ class _Net(nn.Module):
     def __reduce__(self):
         state = self.__getstate__()
         if self.route == "persistent":
-            meta = dict(type="class", version=6, module_src=self.module_src, class_name=type(self).__name__, state=state)
+            meta = dict(type="class", version=6, module_src=self.module_src, class_name=type(self).__name__,
+                        state=state)
             return _reconstruct_persistent_obj, (meta,)
         return copyreg.__newobj__, (type(self),), state
 
@@ -278,7 +280,8 @@ class SynthesisLayer(_Net):
     def __init__(self, g: torch.Generator, cin: int, cout: int, resolution: int, up: int = 1,
                  conv_clamp: float | None = None) -> None:
         super().__init__()
-        self.resolution, self.up, self.use_noise, self.activation, self.conv_clamp = resolution, up, True, "lrelu", conv_clamp
+        self.resolution, self.up, self.use_noise, self.activation = resolution, up, True, "lrelu"
+        self.conv_clamp = conv_clamp
         self.register_buffer("resample_filter", fir_filter())
         self.padding, self.act_gain = 1, np.float64(np.sqrt(2))
         self.affine = FullyConnectedLayer(g, STYLE_DIM, cin, bias_init=1.0)
@@ -323,7 +326,8 @@ class MappingNetwork(_Net):
     def __init__(self, g: torch.Generator) -> None:
         super().__init__()
         for i in range(N_MLP):
-            setattr(self, f"fc{i}", FullyConnectedLayer(g, STYLE_DIM, STYLE_DIM, lr_multiplier=0.01, activation="lrelu"))
+            layer = FullyConnectedLayer(g, STYLE_DIM, STYLE_DIM, lr_multiplier=0.01, activation="lrelu")
+            setattr(self, f"fc{i}", layer)
         self.register_buffer("w_avg", torch.randn(STYLE_DIM, generator=g))
 
 
