@@ -59,6 +59,15 @@ BUNDLED_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """Files that ``--examples DIR`` takes as photos when it has no pairs.csv."""
 
+HEATMAP_HEIGHT = 256
+"""Height in pixels of the confidence heatmap (the content's aspect ratio is kept), as of the matches picture."""
+
+PANEL_HEIGHT = 300
+"""Display height of the image panels, in CSS pixels."""
+
+STRIP_HEIGHT = 160
+"""Display height of the sweep strip, in CSS pixels."""
+
 N_HELP = "Lower n = more of the style: the first n modulation layers keep the content's style vectors."
 
 
@@ -185,7 +194,8 @@ class COATDemo:
         """One transfer and its correspondence panel.
 
         Returns the result (at the content's size), the matches of ``scale`` drawn between content and style,
-        their number (the confident set p of Eq. 3) and the confidence Q (Eq. 2) as a heatmap over the content.
+        their number (the confident set p of Eq. 3) and the confidence Q (Eq. 2) as a heatmap over the content
+        (:data:`HEATMAP_HEIGHT` px high).
         """
         with shown_in_page():
             progress(0.1, desc="Loading the images")
@@ -197,12 +207,13 @@ class COATDemo:
             progress(0.9, desc="Drawing the correspondences")
             matches = out["correspondence"]["matches"]
             scale = default_scale(matches) if scale is None else scale
-            heatmap = confidence_heatmap(matches, content.size, scale, image=content)
+            size = (max(1, round(HEATMAP_HEIGHT * content.width / content.height)), HEATMAP_HEIGHT)
+            heatmap = confidence_heatmap(matches, size, scale, image=content)
         return out["image"], out["correspondence"]["image"], matches[scale]["content_index"].numel(), heatmap
 
     def sweep(self, content: Any, style: Any, progress: gr.Progress = gr.Progress()
               ) -> list[tuple[PIL.Image.Image, str]]:
-        """The result for every n in 0..K, captioned, for a strip of results."""
+        """The result for every n in 0..K, captioned ``n = ...``: from the most style (n = 0) to the content (n = K)."""
         with shown_in_page():
             content = load_image(image_path(content, "content"), "content")
             style = load_image(image_path(style, "style"), "style")
@@ -210,7 +221,7 @@ class COATDemo:
             strip = []
             for n in progress.tqdm(range(k + 1), desc="Sweeping n"):
                 image = self.pipe(content, style, n=n, seed=SEED)["image"]
-                strip.append((image, f"n = {n}" + {0: " (most style)", k: " (content)"}.get(n, "")))
+                strip.append((image, f"n = {n}"))
         return strip
 
     def build(self, examples: Sequence[Sequence[str]] = ()) -> gr.Blocks:
@@ -230,27 +241,30 @@ class COATDemo:
                             "a trained model.")
             with gr.Row():
                 content = gr.Image(label="Content", type="filepath", image_mode=None, elem_id="content",
-                                   sources=["upload", "clipboard", "webcam"])
+                                   sources=["upload", "clipboard", "webcam"], height=PANEL_HEIGHT)
                 style = gr.Image(label="Style", type="filepath", image_mode=None, elem_id="style",
-                                 sources=["upload", "clipboard", "webcam"])
-                result = gr.Image(label="Result", format="png", interactive=False, elem_id="result")
-            with gr.Row(equal_height=True):
+                                 sources=["upload", "clipboard", "webcam"], height=PANEL_HEIGHT)
+                result = gr.Image(label="Result", format="png", interactive=False, elem_id="result",
+                                  height=PANEL_HEIGHT)
+            with gr.Row():
                 n = gr.Slider(0, k, value=self.config.default_n, step=1, precision=0, label=f"n (0 to {k})",
                               info=N_HELP, elem_id="n", scale=3)
                 scale = gr.Dropdown(self.scale_choices(), value=self.default_scale(),
                                     label="Correspondence scale", elem_id="scale", scale=2)
-                run = gr.Button("Run", variant="primary", elem_id="run", scale=1)
-                sweep = gr.Button("Sweep all n", elem_id="sweep", scale=1)
+                with gr.Column(scale=1, min_width=160):
+                    run = gr.Button("Run", variant="primary", elem_id="run")
+                    sweep = gr.Button("Sweep all n", elem_id="sweep")
             gr.Markdown("### Correspondences")
             with gr.Row():
                 matches = gr.Image(label="Confident matches: content (left) and style (right)", format="png",
-                                   interactive=False, elem_id="matches", scale=2)
+                                   interactive=False, elem_id="matches", scale=2, height=PANEL_HEIGHT)
                 with gr.Column(scale=1):
                     heatmap = gr.Image(label="Match confidence Q over the content (bright = mutual)",
-                                       format="png", interactive=False, elem_id="heatmap")
+                                       format="png", interactive=False, elem_id="heatmap", height=PANEL_HEIGHT * 2 // 3)
                     count = gr.Number(label="Number of confident matches", precision=0, interactive=False,
                                       elem_id="count")
-            strip = gr.Gallery(label="Sweep: the result for every n", columns=k + 1, rows=1, height="auto",
+            strip = gr.Gallery(label="Sweep: the result for every n, from the most style (left) to the content (right)",
+                               columns=k + 1, rows=1, height=STRIP_HEIGHT,
                                object_fit="contain", elem_id="strip")
             if examples:
                 gr.Examples(examples, inputs=[content, style], label="Example pairs (content, style)")
