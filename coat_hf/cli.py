@@ -117,8 +117,7 @@ def _save(image: PIL.Image.Image, path: Path) -> None:
     image.save(path)
 
 
-def _run_pairs(pipe: COATAppearanceTransferPipeline, args: argparse.Namespace, params: dict) -> None:
-    rows = _read_pairs(args.pairs, args.out_dir)
+def _run_pairs(pipe: COATAppearanceTransferPipeline, rows: list[dict], args: argparse.Namespace, params: dict) -> None:
     with tqdm(total=len(rows), unit="pair", desc=PROG) as bar:
         for start in range(0, len(rows), args.batch_size):
             chunk = rows[start : start + args.batch_size]
@@ -150,12 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     hf_logging.disable_progress_bar()  # transformers' weight-loading bar; ours counts pairs
     try:
-        # A single pair is checked before the model loads, so a bad path fails fast.
-        images = None if args.pairs else [load_image(args.content, "content"), load_image(args.style, "style")]
+        # The CSV, or the single pair's images, are checked before the model loads: bad paths fail fast.
+        if args.pairs is not None:
+            rows = _read_pairs(args.pairs, args.out_dir)
+        else:
+            images = [load_image(args.content, "content"), load_image(args.style, "style")]
         pipe = _load_pipeline(args.model, args.device)
         params = {"n": args.n, "seed": args.seed, "output_size": args.output_size}
         if args.pairs is not None:
-            _run_pairs(pipe, args, params)
+            _run_pairs(pipe, rows, args, params)
             return 0
         result = pipe(*images, return_correspondence=args.correspondence is not None, **params)
         _save(result["image"], args.output)

@@ -105,7 +105,12 @@ class COATAppearanceTransferPipeline(Pipeline):
     def __init__(self, model: COATModel, **kwargs: Any) -> None:
         if not isinstance(model, COATModel):
             raise ValueError(f"model: the {TASK} pipeline needs a COATModel, got {type(model).__name__}")
+        dtype_asked = kwargs.get("dtype", "auto") != "auto"
         super().__init__(model, **kwargs)
+        if not dtype_asked and self.device.type == "cpu" and self.model.dtype == torch.float16:
+            # float16 weights (half the download) run several times slower than float32 on CPUs.
+            logger.info("float16 model on the CPU: running in float32 (pass dtype=torch.float16 to keep it)")
+            self.model.float()
         self.transform = pixel_transform(model.config.image_size)
         if is_untrained(model.name_or_path):
             logger.warning(

@@ -45,12 +45,19 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
     return name_or_path
 
 
-def make_placeholder(path: str | os.PathLike = PRETRAINED_DIR / UNTRAINED_MODEL, seed: int = 0) -> COATModel:
+def make_placeholder(path: str | os.PathLike = PRETRAINED_DIR / UNTRAINED_MODEL, seed: int = 0,
+                     noise_strength: float = 0.1) -> COATModel:
     """Write the untrained placeholder: the ``tiny`` preset (64 px) with seeded random weights, float32.
 
+    The noise strengths start at 0 in StyleGAN2 and become non-zero in training; the placeholder sets them to
+    ``noise_strength`` so that, like a trained model, its output depends on the noise (and on ``seed``).
     ``python -c "from coat_hf.pretrained import make_placeholder; make_placeholder()"`` regenerates it.
     """
     torch.manual_seed(seed)
     model = COATModel(COATConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        for name, param in model.decoder.named_parameters():
+            if name.endswith("noise.weight"):
+                param.fill_(noise_strength)
     model.save_pretrained(path)
     return model

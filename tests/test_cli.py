@@ -1,0 +1,130 @@
+"""The coat-transfer command line: single pairs, CSV batches with a progress bar, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+from conftest import make_shape_image
+
+from coat_hf import pretrained
+from coat_hf.cli import main
+
+TINY = ["--model", pretrained.UNTRAINED_MODEL]  # fixed 64 px model, whatever the default becomes
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[Path, Path]:
+    content, style = tmp_path / "content.png", tmp_path / "style.jpg"
+    make_shape_image(64, 1).resize((48, 40)).save(content)
+    make_shape_image(64, 2).resize((36, 52)).save(style)
+    return content, style
+
+
+def check_one_line_error(capsys, expected: str) -> None:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("coat-transfer: error:")]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_single_pair_with_correspondence_picture(pair, tmp_path, capsys):
+    content, style = pair
+    out, vis = tmp_path / "out" / "result.png", tmp_path / "matches.png"
+    code = main([str(content), str(style), "-o", str(out), "--correspondence", str(vis), "--n", "3", "--seed", "1",
+                 "--device", "cpu", *TINY])
+    assert code == 0
+    assert PIL.Image.open(out).size == (48, 40)  # the content's size
+    assert PIL.Image.open(vis).height > 64
+    assert f"wrote {out}" in capsys.readouterr().out
+    # Seeded: the same command gives the same picture; --output-size model gives the model's square.
+    again = tmp_path / "again.png"
+    assert main([str(content), str(style), "-o", str(again), "--n", "3", "--seed", "1", *TINY]) == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(again)), np.asarray(PIL.Image.open(out)))
+    assert main([str(content), str(style), "-o", str(again), "--output-size", "model", *TINY]) == 0
+    assert PIL.Image.open(again).size == (64, 64)
+
+
+def test_pairs_csv_with_progress_bar(pair, tmp_path, capsys):
+    content, style = pair
+    folder = tmp_path / "list"
+    (folder / "imgs").mkdir(parents=True)
+    shutil.copy(content, folder / "imgs" / "a.png")
+    rows = ["content,style,output", f"imgs/a.png,{style},first.png", f"{style},imgs/a.png,",
+            "imgs/a.png,imgs/a.png,sub/third.jpg"]
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    out_dir = tmp_path / "results"
+    argv = ["--pairs", str(folder / "pairs.csv"), "--out-dir", str(out_dir), "--batch-size", "2", "--seed", "0"]
+    assert main([*argv, *TINY]) == 0
+    assert PIL.Image.open(out_dir / "first.png").size == (48, 40)
+    assert PIL.Image.open(out_dir / "0001_style_a.png").size == (36, 52)  # default name: row, content, style
+    assert PIL.Image.open(out_dir / "sub" / "third.jpg").size == (48, 40)
+    captured = capsys.readouterr()
+    assert f"wrote 3 images to {out_dir}" in captured.out
+    assert "3/3" in captured.err  # tqdm's progress bar
+
+
+def test_pairs_csv_errors_name_the_file_and_line(pair, tmp_path, capsys):
+    content, style = pair
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text(f"content,style\n{content},{style}\n{content},missing.png\n")
+    assert main(["--pairs", str(csv_path), "--out-dir", str(tmp_path / "out"), *TINY]) == 2
+    check_one_line_error(capsys, f"{csv_path} line 3: style: file not found")
+    csv_path.write_text(f"image,reference\n{content},{style}\n")
+    assert main(["--pairs", str(csv_path), "--out-dir", str(tmp_path / "out")]) == 2
+    check_one_line_error(capsys, "needs the columns content,style[,output]")
+    csv_path.write_text("content,style\n")
+    assert main(["--pairs", str(csv_path), "--out-dir", str(tmp_path / "out")]) == 2
+    check_one_line_error(capsys, "has no pairs")
+
+
+def test_errors_print_one_line_and_exit_2(pair, tmp_path, capsys):
+    content, style = pair
+    out = str(tmp_path / "out.png")
+    assert main([str(tmp_path / "missing.png"), str(style), "-o", out]) == 2
+    check_one_line_error(capsys, "content: file not found")
+    assert main([str(content), str(style), "-o", out, "--n", "99", *TINY]) == 2
+    check_one_line_error(capsys, "n must be an integer in [0, 10], got 99")
+    assert main([str(content), str(style), "-o", out, "--model", str(tmp_path)]) == 2  # a folder without a model
+    check_one_line_error(capsys, "--model: cannot load")
+    assert not Path(out).exists()
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["a.png"],
+    ["a.png", "b.png"],
+    ["a.png", "b.png", "-o", "out.unknown"],
+    ["--pairs", "pairs.csv"],
+    ["--pairs", "pairs.csv", "--out-dir", "d", "--correspondence", "v.png"],
+    ["a.png", "b.png", "-o", "out.png", "--batch-size", "0"],
+    ["a.png", "b.png", "-o", "out.png", "--device", "nonsense"],
+])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_list_models(capsys):
+    assert main(["--list-models"]) == 0
+    assert pretrained.UNTRAINED_MODEL in capsys.readouterr().out.split()
+
+
+def test_installed_console_script_offline(pair, tmp_path):
+    content, style = pair
+    script = shutil.which("coat-transfer")
+    command = [script] if script else [sys.executable, "-m", "coat_hf.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "c.png"
+    done = subprocess.run([*command, str(content), str(style), "-o", str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert PIL.Image.open(out).size == (48, 40)
