@@ -270,3 +270,44 @@ def test_python_app_py_binds_where_spaces_says(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+# --- Spaces ---------------------------------------------------------------------------------------------------
+
+
+def imported_distributions(paths: list[Path]) -> set[str]:
+    """Distributions (normalised names) that the given source files import at top level, standard library aside."""
+    import ast
+    import importlib.metadata
+
+    from packaging.utils import canonicalize_name
+
+    providers = importlib.metadata.packages_distributions()
+    modules = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    modules -= set(sys.stdlib_module_names) | {"coat_hf"}
+    return {canonicalize_name(dist) for module in modules for dist in providers[module]}
+
+
+def test_spaces_requirements_cover_what_the_app_imports():
+    """requirements.txt installs everything app.py and the coat_hf modules it loads import (gradio comes with
+    the Spaces SDK), with pyproject.toml's version bounds."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    required = {canonicalize_name(r.name): r.specifier
+                for r in (Requirement(line) for line in lines if line.strip() and not line.startswith("#"))}
+    loaded = [REPO / "app.py"] + [Path(m.__file__) for name, m in sorted(sys.modules.items())
+                                  if name.startswith("coat_hf") and getattr(m, "__file__", None)]
+    missing = imported_distributions(loaded) - set(required) - {"gradio"}
+    assert not missing, f"requirements.txt lacks {sorted(missing)}"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    bounds = {canonicalize_name(r.name): r.specifier for r in map(Requirement, project)}
+    assert {name: spec for name, spec in required.items() if name in bounds and bounds[name] != spec} == {}
