@@ -297,6 +297,16 @@ def test_seed_is_reproducible_and_matters(pipe, images):
         run(seed="7")
 
 
+def test_model_takes_one_generator_per_sample(pipe):
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        pair = pipe.model(x, x.flip(0), generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+        first = pipe.model(x[:1], x[1:], generator=[torch.Generator().manual_seed(1)]).images
+    assert torch.allclose(pair[:1], first, atol=1e-4)
+    with pytest.raises(ValueError, match="^generator: got 1 generators for a batch of 2"):
+        pipe.model(x, x, generator=[torch.Generator()])
+
+
 def test_batch_size_gives_the_same_results_as_one_by_one(pipe, images):
     pairs = [(images["content"], images["style"]), (images["other"], images["content"]), (images["style"], images["other"])]
     batched = pipe(pairs, batch_size=2, seed=5, return_correspondence=True)
