@@ -1,0 +1,33 @@
+"""Quantitative evaluation of COAT against latent swapping, warping and colour transfer (see ``runner``).
+
+``python -m coat_hf.evaluation --model PATH --data DIR [--masks DIR] --out DIR``.
+"""
+
+from .methods import ColorTransfer, COATTransfer, FeatureWarp, InputImage, TransferMethod, build_methods
+from .metrics import (
+    TransferMetrics,
+    VGGHypercolumns,
+    psnr,
+    self_similarity,
+    sliced_wasserstein_distance,
+    structure_distance,
+)
+from .runner import EvaluationConfig, evaluate, run_evaluation
+
+__all__ = [
+    "COATTransfer",
+    "ColorTransfer",
+    "EvaluationConfig",
+    "FeatureWarp",
+    "InputImage",
+    "TransferMethod",
+    "TransferMetrics",
+    "VGGHypercolumns",
+    "build_methods",
+    "evaluate",
+    "psnr",
+    "run_evaluation",
+    "self_similarity",
+    "sliced_wasserstein_distance",
+    "structure_distance",
+]

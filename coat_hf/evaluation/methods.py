@@ -1,0 +1,126 @@
+"""Appearance-transfer methods compared by the evaluation, all behind one interface.
+
+A method maps a content and a style image, (B, 3, S, S) in [-1, 1], to a result of the same shape;
+adding a method is one subclass of :class:`TransferMethod`. ``family`` groups methods in the report
+(the COAT sweep over n is drawn as one curve).
+
+* ``coat n=…``: COAT (alignment on) with the first n modulation layers from the content.
+* ``latent-swap``: the same model without alignment (Eq. 3 skipped), the swapping-autoencoder family.
+* ``warp``: the image-warping family: every content position of E's map at ``scale`` takes its nearest
+  style position (Eq. 1, ``find_correspondence``), and the style's pixel block under that position
+  (s x s pixels, s = S / map size) is copied there: ``pixel_unshuffle`` -> gather -> ``pixel_shuffle``.
+* ``color-transfer``: Reinhard et al. (2001) in Lab: ``out = (x − μ_content) σ_style / σ_content + μ_style``
+  per channel, statistics over the whole image.
+* ``content`` / ``style``: the inputs themselves, the two ends of the trade-off.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..correspondence import find_correspondence
+from ..modeling_coat import COATModel
+from .color import lab_to_rgb, rgb_to_lab
+
+
+class TransferMethod(ABC):
+    """(content, style) -> result, each (B, 3, S, S) in [-1, 1]. ``generator`` seeds any randomness."""
+
+    name: str
+    family: str
+    n: int | None = None
+
+    @abstractmethod
+    def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class InputImage(TransferMethod):
+    """Returns the content or the style image unchanged: the bounds of the structure/appearance trade-off."""
+
+    def __init__(self, which: str) -> None:
+        if which not in ("content", "style"):
+            raise ValueError(f"which must be 'content' or 'style', got {which!r}")
+        self.name = self.family = which
+
+    def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return content if self.name == "content" else style
+
+
+class COATTransfer(TransferMethod):
+    """The COAT model at one n; ``use_alignment=False`` is the latent-swapping baseline."""
+
+    def __init__(self, model: COATModel, n: int | None = None, use_alignment: bool = True) -> None:
+        self.model = model
+        self.n = model.config.default_n if n is None else n
+        self.use_alignment = use_alignment
+        self.family = "coat" if use_alignment else "latent-swap"
+        self.name = f"coat n={self.n}" if use_alignment else "latent-swap"
+
+    def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.model(content, style, n=self.n, generator=generator, use_alignment=self.use_alignment).images
+
+
+class FeatureWarp(TransferMethod):
+    """Style pixels warped onto the content by dense nearest neighbours of E's features at one ``scale``."""
+
+    family = "warp"
+
+    def __init__(self, model: COATModel, scale: int = 1) -> None:
+        if not 0 <= scale < model.config.num_scales:
+            raise ValueError(f"scale must be in [0, {model.config.num_scales}), got {scale}")
+        self.model, self.scale = model, scale
+        self.name = "warp"
+
+    def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        content_feat = self.model.encode(content)[self.scale]  # (B, C, h, w)
+        style_feat = self.model.encode(style)[self.scale]
+        nearest = find_correspondence(content_feat, style_feat, self.model.config.alignment_block_size).nearest  # (B, h·w)
+        block = content.shape[-1] // content_feat.shape[-1]
+        patches = F.pixel_unshuffle(style, block).flatten(2)  # (B, 3·s·s, h·w): the style's s x s blocks
+        warped = patches.gather(2, nearest[:, None, :].expand(-1, patches.shape[1], -1))
+        return F.pixel_shuffle(warped.view(-1, patches.shape[1], *content_feat.shape[-2:]), block)
+
+
+class ColorTransfer(TransferMethod):
+    """Reinhard colour transfer: match each Lab channel's mean and standard deviation to the style's."""
+
+    name = family = "color-transfer"
+
+    def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        content_lab, style_lab = rgb_to_lab((content + 1) / 2), rgb_to_lab((style + 1) / 2)
+        mean_c, std_c = content_lab.mean(dim=(2, 3), keepdim=True), content_lab.std(dim=(2, 3), keepdim=True)
+        mean_s, std_s = style_lab.mean(dim=(2, 3), keepdim=True), style_lab.std(dim=(2, 3), keepdim=True)
+        lab = (content_lab - mean_c) * std_s / std_c.clamp_min(1e-6) + mean_s
+        return lab_to_rgb(lab).clamp(0, 1) * 2 - 1
+
+
+def default_n_values(model: COATModel) -> list[int]:
+    """The sweep: n = 0, K/4, K/2, 3K/4, K (rounded) and the model's ``default_n``."""
+    k = model.num_modulation_layers
+    return sorted({round(i * k / 4) for i in range(5)} | {model.config.default_n})
+
+
+def build_methods(
+    model: COATModel, n_values: list[int] | None = None, swap_n: int | None = None, warp_scale: int = 1
+) -> list[TransferMethod]:
+    """Every compared method: the COAT sweep, latent-swap, warp, color-transfer, content and style."""
+    n_values = default_n_values(model) if n_values is None else n_values
+    k = model.num_modulation_layers
+    bad = [n for n in n_values if not 0 <= n <= k]
+    if bad or not n_values:
+        raise ValueError(f"n_values must be a non-empty list of integers in [0, {k}], got {n_values}")
+    return [
+        *(COATTransfer(model, n) for n in n_values),
+        COATTransfer(model, swap_n, use_alignment=False),
+        FeatureWarp(model, warp_scale),
+        ColorTransfer(),
+        InputImage("content"),
+        InputImage("style"),
+    ]

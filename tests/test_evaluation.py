@@ -1,0 +1,236 @@
+"""Tests of coat_hf.evaluation: metrics on cases with known answers, every method, pairs, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from conftest import make_shape_image, to_pixel_values
+from coat_hf.evaluation import (
+    COATTransfer,
+    ColorTransfer,
+    FeatureWarp,
+    InputImage,
+    TransferMetrics,
+    build_methods,
+    psnr,
+    sliced_wasserstein_distance,
+    structure_distance,
+)
+from coat_hf.evaluation.__main__ import main
+from coat_hf.evaluation.color import lab_to_rgb, rgb_to_lab
+from coat_hf.evaluation.methods import default_n_values
+from coat_hf.evaluation.pairs import ImageLoader, list_images, sample_images, sample_pairs
+from coat_hf.evaluation.runner import OUTPUT_FILES
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def metrics() -> TransferMetrics:
+    return TransferMetrics(grid_size=32, structure_grid=16)
+
+
+# --- colour space -------------------------------------------------------------------------------
+
+
+def test_lab_known_values_and_round_trip():
+    rgb = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).T[None, :, :, None]  # (1, 3, 3, 1)
+    lab = rgb_to_lab(rgb)[0, :, :, 0].T
+    expected = torch.tensor([[100.0, 0.0, 0.0], [53.24, 80.09, 67.20], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(lab, expected, atol=0.01, rtol=0)
+    image = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(lab_to_rgb(rgb_to_lab(image)), image, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="rgb"):
+        rgb_to_lab(torch.rand(3, 8, 8))
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def test_swd_known_answers():
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    assert sliced_wasserstein_distance(x, x).item() == 0.0
+    assert sliced_wasserstein_distance(x, x[torch.randperm(500)]).item() == 0.0  # a set, not a sequence
+    # 1-d translation: every direction is ±1, so SW_2 is the shift itself.
+    line = torch.linspace(0, 1, 300)[:, None]
+    assert sliced_wasserstein_distance(line, line + 3.0).item() == pytest.approx(3.0, rel=1e-5)
+    # Shift by v in R^C: E_θ (θ·v)^2 = |v|^2 / C for uniform unit directions θ.
+    v = torch.tensor([3.0, -1.0, 2.0, 0.0, 1.0, 0.5, -2.0, 1.0])
+    expected = v.norm().item() / math.sqrt(8)
+    assert sliced_wasserstein_distance(x, x + v, num_projections=4096).item() == pytest.approx(expected, rel=0.05)
+    # Unequal counts of the same distribution are compared through their quantile functions.
+    assert sliced_wasserstein_distance(torch.linspace(0, 1, 1000)[:, None], torch.linspace(0, 1, 1500)[:, None]).item() < 1e-3
+    with pytest.raises(ValueError, match="point sets"):
+        sliced_wasserstein_distance(x, torch.randn(10, 3))
+
+
+def test_psnr_known_answers():
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert psnr(x, x).tolist() == [100.0, 100.0]  # identical images: the documented cap
+    y = torch.full_like(x, -1.0)
+    # On [0, 1] an error of 0.1 everywhere is MSE 0.01, i.e. 20 dB.
+    assert psnr(y + 0.2, y).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+
+
+def test_structure_distance_identical_and_bounded():
+    f = torch.randn(2, 16, 8, 8)
+    assert structure_distance(f, f).abs().max().item() < 1e-6
+    d = structure_distance(f, torch.randn(2, 16, 8, 8))
+    assert (d > 0).all() and (d <= 2).all()
+
+
+def test_metrics_identical_images_give_zero(metrics):
+    image = to_pixel_values(make_shape_image(SIZE, 0))
+    ref = metrics.reference(image)
+    scores = metrics.transfer(image, ref, ref)
+    assert scores["structure_distance"] < 1e-5
+    assert scores["swd_vgg"] < 1e-5 and scores["swd_lab"] < 1e-5
+    rec = metrics.reconstruction(image, image)
+    assert rec["psnr"] == pytest.approx(100.0) and rec["lpips"] < 1e-6
+
+
+def test_colour_shift_moves_appearance_not_structure(metrics):
+    image = to_pixel_values(make_shape_image(SIZE, 1))
+    shifted = (image + torch.tensor([0.35, -0.05, -0.35]).view(1, 3, 1, 1)).clamp(-1, 1)
+    other = to_pixel_values(make_shape_image(SIZE, 2))
+    ref = metrics.reference(image)
+    shift_scores = metrics.transfer(shifted, ref, ref)
+    other_scores = metrics.transfer(other, ref, ref)
+    assert shift_scores["swd_lab"] > 10.0  # a strong colour cast, in ΔE units
+    assert shift_scores["structure_distance"] < 0.25 * other_scores["structure_distance"]
+
+
+def test_masks_restrict_appearance_to_the_object(metrics):
+    style = to_pixel_values(make_shape_image(SIZE, 3))
+    result = style.clone()
+    result[..., SIZE // 2 :] = torch.tensor([-1.0, 1.0, -1.0]).view(1, 3, 1, 1)  # background changed
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., : SIZE // 2] = 1  # the object: the left half, equal in both
+    masked = metrics.transfer(result, metrics.reference(style, mask), metrics.reference(style, mask))
+    unmasked = metrics.transfer(result, metrics.reference(style), metrics.reference(style))
+    assert masked["swd_lab"] < 1e-4 and unmasked["swd_lab"] > 10.0
+    # Only object positions count, but deep VGG features see across the border: smaller, not zero.
+    assert masked["swd_vgg"] < unmasked["swd_vgg"]
+
+
+# --- methods ------------------------------------------------------------------------------------
+
+
+def test_every_method_runs_on_tiny_images(tiny_model):
+    content, style = to_pixel_values(make_shape_image(SIZE, 4)), to_pixel_values(make_shape_image(SIZE, 5))
+    methods = build_methods(tiny_model)
+    assert [m.name for m in methods] == [
+        *(f"coat n={n}" for n in default_n_values(tiny_model)), "latent-swap", "warp", "color-transfer", "content", "style"
+    ]
+    for method in methods:
+        with torch.no_grad():
+            result = method(content, style, generator=torch.Generator().manual_seed(0))
+        assert result.shape == (1, 3, SIZE, SIZE) and torch.isfinite(result).all(), method.name
+    with pytest.raises(ValueError, match="n_values"):
+        build_methods(tiny_model, n_values=[99])
+
+
+def test_coat_methods_match_the_model(tiny_model):
+    content, style = to_pixel_values(make_shape_image(SIZE, 6)), to_pixel_values(make_shape_image(SIZE, 7))
+    with torch.no_grad():
+        for method, alignment in ((COATTransfer(tiny_model, 3), True), (COATTransfer(tiny_model, 3, use_alignment=False), False)):
+            expected = tiny_model(content, style, n=3, use_alignment=alignment, generator=torch.Generator().manual_seed(1)).images
+            torch.testing.assert_close(method(content, style, torch.Generator().manual_seed(1)), expected)
+
+
+def test_warp_copies_style_blocks(tiny_model):
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        warp = FeatureWarp(tiny_model, scale=1)
+        torch.testing.assert_close(warp(image, image), image)  # every position is its own nearest neighbour
+        result = warp(to_pixel_values(make_shape_image(SIZE, 8)), image)
+    blocks = torch.nn.functional.pixel_unshuffle(result, 4).flatten(2)[0].T  # (N, 48) result blocks
+    style_blocks = torch.nn.functional.pixel_unshuffle(image, 4).flatten(2)[0].T
+    assert (blocks[:, None] == style_blocks[None]).all(dim=2).any(dim=1).all()  # each block is a style block
+    with pytest.raises(ValueError, match="scale"):
+        FeatureWarp(tiny_model, scale=3)
+
+
+def test_color_transfer_matches_lab_statistics():
+    content, style = to_pixel_values(make_shape_image(SIZE, 9)) * 0.5, to_pixel_values(make_shape_image(SIZE, 10)) * 0.5  # away from gamut edges
+    result_lab = rgb_to_lab((ColorTransfer()(content, style) + 1) / 2)
+    style_lab = rgb_to_lab((style + 1) / 2)
+    torch.testing.assert_close(result_lab.mean(dim=(2, 3)), style_lab.mean(dim=(2, 3)), atol=0.5, rtol=0)
+    torch.testing.assert_close(result_lab.std(dim=(2, 3)), style_lab.std(dim=(2, 3)), atol=0.5, rtol=0)
+
+
+def test_input_bounds():
+    content, style = torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)
+    assert InputImage("content")(content, style) is content and InputImage("style")(content, style) is style
+    with pytest.raises(ValueError, match="which"):
+        InputImage("both")
+
+
+# --- pairs and loading --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """Six drawn non-square photos and smaller masks with the same names."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for i in range(6):
+        make_shape_image(96, i).resize((96, 80)).save(root / "images" / f"img{i:02d}.jpg")
+        mask = Image.new("L", (48, 40))
+        ImageDraw.Draw(mask).rectangle([10, 8, 38, 32], fill=255)
+        mask.save(root / "masks" / f"img{i:02d}.png")
+    return root
+
+
+def test_pairs_are_seeded_and_filtered(photo_folder):
+    images = list_images(photo_folder / "images")
+    assert [p.name for p in images] == [f"img{i:02d}.jpg" for i in range(6)]
+    pairs = sample_pairs(images, 30, seed=3)  # all 6·5 ordered pairs
+    assert len(set(pairs)) == 30 and all(c != s for c, s in pairs)
+    assert sample_pairs(images, 5, seed=3) == sample_pairs(images, 5, seed=3) != sample_pairs(images, 5, seed=4)
+    assert [p.name for p in list_images(photo_folder / "images", holdout_last=2)] == ["img04.jpg", "img05.jpg"]
+    assert [p.name for p in list_images(photo_folder / "images", include="img0[13]*|img05*")] == [
+        "img01.jpg", "img03.jpg", "img05.jpg"
+    ]
+    assert len(set(sample_images(images, 4, seed=0))) == 4
+    with pytest.raises(ValueError, match="num_pairs"):
+        sample_pairs(images, 31)
+
+
+def test_loader_resizes_photo_and_mask(photo_folder):
+    image, mask = ImageLoader(32, photo_folder / "masks")(photo_folder / "images" / "img00.jpg")
+    assert image.shape == (1, 3, 32, 32) and image.min() >= -1 and image.max() <= 1
+    assert mask.shape == (1, 1, 32, 32) and set(mask.unique().tolist()) == {0.0, 1.0}
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def test_cli_writes_all_outputs(photo_folder, tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval"
+    main([
+        "--model", str(tmp_path / "model"), "--data", str(photo_folder), "--out", str(out), "--num-pairs", "3",
+        "--num-reconstruction", "2", "--n", "0,10", "--grid-pairs", "2", "--grid-size", "32",
+        "--structure-grid", "16", "--device", "cpu",
+    ])
+    assert all((out / name).is_file() for name in OUTPUT_FILES)
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["masks"].endswith("masks")  # images/ + masks/ found from --data
+    names = [m["name"] for m in results["methods"]]
+    assert names == ["coat n=0", "coat n=10", "latent-swap", "warp", "color-transfer", "content", "style"]
+    for method in results["methods"]:
+        assert len(method["transfer"]["swd_lab"]["values"]) == 3
+        assert len(method["reconstruction"]["psnr"]["values"]) == 2
+    content = results["methods"][names.index("content")]
+    assert content["transfer"]["structure_distance"]["mean"] < 1e-5
+    assert content["reconstruction"]["psnr"]["mean"] == pytest.approx(100.0)
+    assert "| coat n=10 |" in (out / "results.md").read_text()
+    with Image.open(out / "grid.png") as grid:
+        assert grid.size == (7 * SIZE, 3 * SIZE)  # header + 2 pairs; content, style and 5 methods
