@@ -98,3 +98,26 @@ def test_upload_slide_run_shows_result_and_matches(served, browser_page, tmp_pat
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000
+
+
+def test_bad_file_shows_a_readable_error_and_the_page_keeps_working(served, browser_page, tmp_path):
+    """A file named like a photo that is not one passes the page's file-type check; the server's message shows."""
+    _, server = served
+    page = browser_page
+    broken = tmp_path / "broken.png"
+    broken.write_text("not a photo")
+    style = save_photo(tmp_path / "style.png", 2, size=128)
+
+    page.goto(server.local_url)
+    page.wait_for_selector("#run")
+    page.locator("#content input[type=file]").set_input_files(str(broken))
+    page.locator("#style input[type=file]").set_input_files(str(style))
+    page.wait_for_selector("#style img")
+    page.locator("#run").click()
+    page.get_by_text("is not an image PIL can read").first.wait_for(timeout=30_000)
+
+    page.locator("#content button[aria-label='Remove Image']").first.click()
+    page.locator("#content input[type=file]").set_input_files(str(save_photo(tmp_path / "content.png", 1, size=128)))
+    page.wait_for_selector("#content img")
+    page.locator("#run").click()
+    page.wait_for_selector("#result img", timeout=60_000)
