@@ -122,8 +122,8 @@ def _run_pairs(pipe: COATAppearanceTransferPipeline, rows: list[dict], args: arg
         for start in range(0, len(rows), args.batch_size):
             chunk = rows[start : start + args.batch_size]
             # Loaded here so that an error names the CSV line.
-            inputs = [{key: load_image(row[key], f"{args.pairs} line {row['line']}: {key}") for key in ("content", "style")}
-                      for row in chunk]
+            inputs = [{key: load_image(row[key], f"{args.pairs} line {row['line']}: {key}")
+                       for key in ("content", "style")} for row in chunk]
             for row, result in zip(chunk, pipe(inputs, batch_size=args.batch_size, **params)):
                 _save(result["image"], row["output"])
             bar.update(len(chunk))

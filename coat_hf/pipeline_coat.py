@@ -36,7 +36,9 @@ def _pair(item: Any, index: int | None = None) -> dict:
     where = "inputs" if index is None else f"inputs[{index}]"
     if isinstance(item, Mapping):
         if set(item) != {"content", "style"}:
-            raise ValueError(f"{where}: a pair is a dict with exactly the keys 'content' and 'style', got {sorted(item)}")
+            raise ValueError(
+                f"{where}: a pair is a dict with exactly the keys 'content' and 'style', got {sorted(item)}"
+            )
         content, style = item["content"], item["style"]
     elif isinstance(item, (list, tuple)) and len(item) == 2:
         content, style = item
@@ -146,13 +148,16 @@ class COATAppearanceTransferPipeline(Pipeline):
         if return_correspondence is not None:
             if not isinstance(return_correspondence, bool):
                 raise ValueError(f"return_correspondence must be True or False, got {return_correspondence!r}")
-            forward_params["return_correspondence"] = postprocess_params["return_correspondence"] = return_correspondence
+            forward_params["return_correspondence"] = return_correspondence
+            postprocess_params["return_correspondence"] = return_correspondence
         if correspondence_scale is not None:
             num_scales = self.model.config.num_scales
             if isinstance(correspondence_scale, bool) or not isinstance(correspondence_scale, int) or not (
                 0 <= correspondence_scale < num_scales
             ):
-                raise ValueError(f"correspondence_scale must be an integer in [0, {num_scales}), got {correspondence_scale!r}")
+                raise ValueError(
+                    f"correspondence_scale must be an integer in [0, {num_scales}), got {correspondence_scale!r}"
+                )
             postprocess_params["correspondence_scale"] = correspondence_scale
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, int):

@@ -70,7 +70,8 @@ def _colours(values: Tensor, colormap: str) -> list[tuple[int, int, int]]:
     return [tuple(int(c) for c in colour[:3]) for colour in rgba]
 
 
-def _cell_centres(index: Tensor, grid: tuple[int, int], size: tuple[int, int], offset: int = 0) -> list[tuple[float, float]]:
+def _cell_centres(index: Tensor, grid: tuple[int, int], size: tuple[int, int],
+                  offset: int = 0) -> list[tuple[float, float]]:
     """Flat grid positions -> pixel centres in a picture of ``size`` (W, H) pasted ``offset`` px to the right."""
     rows, cols = index // grid[1], index % grid[1]
     xs = (cols.float() + 0.5) / grid[1] * size[0] + offset
