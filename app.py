@@ -182,7 +182,8 @@ class COATDemo:
 
     def scale_choices(self) -> list[tuple[str, int]]:
         """The correspondence scales, shallow to deep, labelled with their feature grids."""
-        return [(f"scale {scale}: {size}x{size} grid", scale) for scale, size in enumerate(self.config.feature_sizes)]
+        sizes = self.config.feature_sizes
+        return [(f"scale {scale}: {size}x{size} grid", scale) for scale, size in enumerate(sizes)]
 
     def default_scale(self) -> int:
         """The scale the panel starts on: :func:`coat_hf.visualization.default_scale` of this model's grids."""
@@ -213,7 +214,7 @@ class COATDemo:
 
     def sweep(self, content: Any, style: Any, progress: gr.Progress = gr.Progress()
               ) -> list[tuple[PIL.Image.Image, str]]:
-        """The result for every n in 0..K, captioned ``n = ...``: from the most style (n = 0) to the content (n = K)."""
+        """The result for every n in 0..K, captioned ``n = ...``: the most style at n = 0, the content at n = K."""
         with shown_in_page():
             content = load_image(image_path(content, "content"), "content")
             style = load_image(image_path(style, "style"), "style")
@@ -259,13 +260,12 @@ class COATDemo:
                 matches = gr.Image(label="Confident matches: content (left) and style (right)", format="png",
                                    interactive=False, elem_id="matches", scale=2, height=PANEL_HEIGHT)
                 with gr.Column(scale=1):
-                    heatmap = gr.Image(label="Match confidence Q over the content (bright = mutual)",
-                                       format="png", interactive=False, elem_id="heatmap", height=PANEL_HEIGHT * 2 // 3)
+                    heatmap = gr.Image(label="Match confidence Q over the content (bright = mutual)", format="png",
+                                       interactive=False, elem_id="heatmap", height=PANEL_HEIGHT * 2 // 3)
                     count = gr.Number(label="Number of confident matches", precision=0, interactive=False,
                                       elem_id="count")
-            strip = gr.Gallery(label="Sweep: the result for every n, from the most style (left) to the content (right)",
-                               columns=k + 1, rows=1, height=STRIP_HEIGHT,
-                               object_fit="contain", elem_id="strip")
+            strip = gr.Gallery(label="Sweep: the result for every n, from the most style (left) to the content",
+                               columns=k + 1, rows=1, height=STRIP_HEIGHT, object_fit="contain", elem_id="strip")
             if examples:
                 gr.Examples(examples, inputs=[content, style], label="Example pairs (content, style)")
             # preprocess=False: bad files reach the pipeline's loader, whose errors are readable (see image_path).
@@ -276,13 +276,14 @@ class COATDemo:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="Serve COAT (object appearance transfer) in the browser.")
     parser.add_argument("--model", default=os.environ.get("COAT_MODEL"),
-                        help="bundled model name, model folder or Hub id (default: $COAT_MODEL, else the bundled default)")
+                        help="bundled model name, model folder or Hub id (default: $COAT_MODEL, else the bundled "
+                             "default)")
     parser.add_argument("--examples", metavar="DIR",
                         help="folder of example pairs: a pairs.csv (content,style) or images taken two by two by name")
-    parser.add_argument("--host", default=None, help="address to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860 or the next free one)")
+    parser.add_argument("--host", help="address to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
     return parser.parse_args(argv)
 
@@ -300,8 +301,11 @@ def serve(page: gr.Blocks, host: str | None = None, port: int | None = None, **l
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        examples = build_examples(tempfile.mkdtemp(prefix="coat-examples-"), args.examples)
+    except ValueError as err:
+        raise SystemExit(f"app.py: {err}") from None
     demo = COATDemo(load_pipeline(args.model))
-    examples = build_examples(tempfile.mkdtemp(prefix="coat-examples-"), args.examples)
     serve(demo.build(examples), args.host, args.port, share=args.share)
 
 

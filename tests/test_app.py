@@ -253,8 +253,10 @@ def test_python_app_py_binds_where_spaces_says(tmp_path):
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "COAT_MODEL": UNTRAINED_MODEL, "GRADIO_TEMP_DIR": str(tmp_path)}
-    process = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "app.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -264,7 +266,7 @@ def test_python_app_py_binds_where_spaces_says(tmp_path):
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"app.py did not start:\n{process.communicate()[0] if process.poll() is not None else ''}")
+                    raise AssertionError(f"app.py did not start:\n{log.read_text()}") from None
                 time.sleep(0.5)
         assert "Sweep all n" in config and "lower n = more of the style" in config.lower()
     finally:
