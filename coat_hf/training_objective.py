@@ -128,8 +128,8 @@ class COATTrainingObjective(nn.Module):
 
         Returns:
             ``loss`` (scalar L), the parts ``rec``, ``mse``, ``lpips``, ``reg``, ``ccl`` (detached), and
-            the images ``reconstruction`` and ``transfer`` (B, 3, S, S) (``transfer`` keeps its graph,
-            for an adversarial loss).
+            the images ``reconstruction`` and ``transfer`` (B, 3, S, S), with their graphs (for an
+            adversarial term).
         """
         model, config = self.model, self.model.config
         seed_list = [int(s) for s in seeds.tolist()]
@@ -155,4 +155,4 @@ class COATTrainingObjective(nn.Module):
         loss = rec + config.reg_alpha * reg + config.ccl_beta * ccl
         parts = {"rec": rec, "reg": reg, "ccl": ccl, **rec_parts}
         return {"loss": loss, **{k: v.detach() for k, v in parts.items()},
-                "reconstruction": reconstruction.detach(), "transfer": transfer}
+                "reconstruction": reconstruction, "transfer": transfer}

@@ -112,14 +112,17 @@ def test_config_overrides_are_typed(tmp_path):
         parse_config(_args(tmp_path, tmp_path / "out", "--hflip", "maybe"))
 
 
-def test_train_export_and_load(image_folder, tmp_path):
+def test_train_with_adversary_export_and_load(image_folder, tmp_path):
     out = tmp_path / "run"
-    _run(_args(image_folder, out, "--max_steps", "3", "--batch_size", "2", "--checkpoint_every", "2"))
+    _run(_args(image_folder, out, "--max_steps", "3", "--batch_size", "2", "--checkpoint_every", "2",
+               "--adversarial", "true", "--r1_every", "2", "--disc_max_channels", "32"))
     assert [p.name for p in checkpoints(out / "checkpoints")] == ["step_000002", "step_000003"]
     assert (out / "config.yaml").is_file() and list((out / "logs").rglob("events.out.tfevents*"))
     assert list((out / "samples").glob("step_*.png"))
     logs = _metrics(out)
     assert [m["step"] for m in logs] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in logs)
+    assert all(np.isfinite(m["adv_g"]) and np.isfinite(m["adv_d"]) for m in logs)
+    assert [("r1" in m) for m in logs] == [True, False, True]  # lazy R1 at steps 0, 2 (before the step count)
     model = COATModel.from_pretrained(out / "final")
     assert "license: cc-by-nc-4.0" in (out / "final" / "README.md").read_text()
     content = torch.zeros(1, 3, 64, 64)

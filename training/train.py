@@ -43,12 +43,14 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python training/train.py` finds its siblings
 
 from data import DataOptions, EpochSampler, PairDataset, build_dataset  # noqa: E402
+from discriminator import Discriminator, discriminator_loss, generator_adversarial_loss, r1_penalty  # noqa: E402
 
 from coat_hf import COATConfig, COATModel  # noqa: E402
 from coat_hf.training_objective import COATTrainingObjective  # noqa: E402
 
 logger = logging.getLogger("coat_hf.train")
 
+LOGGED_LOSSES = ("loss", "rec", "mse", "lpips", "reg", "ccl", "adv_g", "adv_d", "r1")
 CHECKPOINT_PREFIX = "step_"
 TEMP_PREFIX = ".tmp_"
 
@@ -64,6 +66,13 @@ class TrainConfig:
     train_modules: str = "all"  # "all", or "encoders" (E and E_mod; the decoder stays frozen, as in the paper)
     ccl_scales: list[int] | None = None  # E's scales in L_CCL (None: all)
     transfer_n: int | None = None  # n of the transfer branch (None: random per sample in 1..K-1)
+    # Optional adversarial term (StyleGAN2 discriminator, lazy R1) on reconstructions and transfers.
+    adversarial: bool = False
+    adv_weight: float = 0.05
+    r1_gamma: float = 10.0
+    r1_every: int = 16
+    disc_max_channels: int = 256
+    disc_learning_rate: float | None = None  # None: learning_rate
     # Data (see training/data.py for the pair rule).
     data_dir: str | None = None
     dataset_name: str | None = None
@@ -314,6 +323,43 @@ def export_model(model: COATModel, ema: EMAModel, directory: Path, config: Train
 
 
 # ---------------------------------------------------------------------------------------------------
+# The optional adversarial term.
+
+
+@dataclass
+class Adversary:
+    """A prepared StyleGAN2 discriminator (``discriminator``, DDP-wrapped on several processes), its
+    optimiser, and the bare module (``plain``) that scores the generator's outputs without syncing D."""
+
+    discriminator: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    plain: Discriminator
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        """Non-saturating loss of the outputs; D's weights are left out of this graph."""
+        self.plain.requires_grad_(False)
+        logits = self.plain(fake)
+        self.plain.requires_grad_(True)
+        return generator_adversarial_loss(logits)
+
+    def step(self, accelerator: Accelerator, real: torch.Tensor, fake: torch.Tensor, r1_weight: float
+             ) -> dict[str, torch.Tensor]:
+        """One D update on real content vs detached outputs, plus a lazy R1 term when ``r1_weight`` > 0."""
+        real = real.detach().requires_grad_(r1_weight > 0)
+        real_logits = self.discriminator(real)
+        loss = discriminator_loss(real_logits, self.discriminator(fake))
+        logs = {"adv_d": loss.detach()}
+        if r1_weight > 0:
+            r1 = r1_penalty(real_logits, real)
+            loss = loss + r1_weight / 2 * r1
+            logs["r1"] = r1.detach()
+        accelerator.backward(loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return logs
+
+
+# ---------------------------------------------------------------------------------------------------
 # The loop.
 
 
@@ -356,6 +402,12 @@ def train(config: TrainConfig) -> Path:
                               num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
                               num_training_steps=config.max_steps * accelerator.num_processes)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
+    adversary = None
+    if config.adversarial:
+        discriminator = Discriminator(model.config.image_size, config.disc_max_channels)
+        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.disc_learning_rate
+                                           or config.learning_rate, betas=(config.adam_beta1, config.adam_beta2))
+        adversary = Adversary(*accelerator.prepare(discriminator, disc_optimizer), discriminator)
 
     dataset = build_dataset(config.data_options(model.config.image_size), accelerator.process_index,
                             accelerator.num_processes)
@@ -410,14 +462,25 @@ def train(config: TrainConfig) -> Path:
         for batch in epoch_loader:
             if sampler is None:
                 batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-            with accelerator.accumulate(objective):
+            models = (objective,) if adversary is None else (objective, adversary.discriminator)
+            with accelerator.accumulate(*models):
                 out = objective(batch["content"], batch["style"], batch["seed"], batch.get("mask"))
-                accelerator.backward(out["loss"])
+                loss = out["loss"]
+                if adversary is not None:
+                    fake = torch.cat([out["reconstruction"], out["transfer"]])  # (2B, 3, S, S)
+                    with accelerator.autocast():
+                        out["adv_g"] = adversary.generator_loss(fake)
+                    loss = loss + config.adv_weight * out["adv_g"]
+                accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if adversary is not None:
+                    r1_step = state.step % config.r1_every == 0
+                    out.update(adversary.step(accelerator, batch["content"], fake.detach(),
+                                              config.r1_gamma * config.r1_every if r1_step else 0.0))
             state.batches_in_epoch += 1
             window_images += batch["content"].shape[0] * accelerator.num_processes
             state.skipped_images += int(accelerator.reduce(batch["skipped"].sum(), "sum"))
@@ -428,7 +491,7 @@ def train(config: TrainConfig) -> Path:
             progress.update(1)
             if state.step % config.log_every == 0 or state.step == config.max_steps:
                 parts = {key: accelerator.reduce(out[key], "mean").item()
-                         for key in ("loss", "rec", "mse", "lpips", "reg", "ccl") if key in out}
+                         for key in LOGGED_LOSSES if key in out}
                 elapsed = time.perf_counter() - window_start
                 last_logs = {**parts, "lr": scheduler.get_last_lr()[0], "images_per_s": window_images / elapsed,
                              "skipped_images": state.skipped_images}
@@ -461,8 +524,7 @@ def train(config: TrainConfig) -> Path:
 
     if accelerator.is_main_process:
         export_model(model, ema, export_dir, config, state,
-                     num_images, accelerator.num_processes, {k: v for k, v in last_logs.items() if k in (
-                         "loss", "rec", "mse", "lpips", "reg", "ccl")})
+                     num_images, accelerator.num_processes, {k: v for k, v in last_logs.items() if k in LOGGED_LOSSES})
         logger.info("exported the EMA model to %s", export_dir)
     accelerator.end_training()
     return export_dir
