@@ -45,6 +45,7 @@ class COATPreTrainedModel(PreTrainedModel):
     config_class = COATConfig
     base_model_prefix = "coat"
     main_input_name = "content_pixel_values"
+    input_modalities = ("image",)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
