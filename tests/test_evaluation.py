@@ -234,3 +234,27 @@ def test_cli_writes_all_outputs(photo_folder, tiny_model, tmp_path):
     assert "| coat n=10 |" in (out / "results.md").read_text()
     with Image.open(out / "grid.png") as grid:
         assert grid.size == (7 * SIZE, 3 * SIZE)  # header + 2 pairs; content, style and 5 methods
+
+
+# --- benchmark script ---------------------------------------------------------------------------
+
+
+def test_benchmark_naive_alignment_and_configs():
+    import importlib.util
+    from pathlib import Path
+
+    from coat_hf import align_features
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_inference.py"
+    spec = importlib.util.spec_from_file_location("benchmark_inference", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    content, style = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 5, 5)
+    aligned, confidence = benchmark.naive_align(content, style)
+    expected, matches = align_features(content, style, block_size=7)
+    torch.testing.assert_close(aligned, expected)
+    torch.testing.assert_close(confidence, matches.confidence)
+    for size in (64, 128, 256, 512, 1024):
+        config = benchmark.benchmark_config(size)
+        assert config.image_size == size and config.decoder_channels[-1] == 32
+    assert benchmark.benchmark_config(128).decoder_channels == [256, 256, 256, 128, 64, 32]

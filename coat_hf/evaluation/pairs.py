@@ -7,8 +7,8 @@ only the last ``holdout_last`` of them (the files training's ``holdout_last`` le
 without replacement by ``random.Random(seed)``. Reconstruction images (``sample_images``): a separate
 seeded draw, each used as both content and style.
 
-Loading (``ImageLoader``): resize the short side to the model's size and centre-crop (as training does),
-pixels in [-1, 1]; a mask (same stem in the mask folder, any size: resized to the photo first) follows
+Loading (``ImageLoader``, files read by ``coat_hf.image_io.load_image``): resize the short side to the
+model's size and centre-crop (as training does, so the object keeps its aspect ratio), pixels in [-1, 1]; a mask (same stem in the mask folder, any size: resized to the photo first) follows
 the same geometry and is thresholded at one half.
 """
 
@@ -25,6 +25,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from ..image_io import load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -97,11 +99,10 @@ class ImageLoader:
         return self._cache[path]
 
     def _load(self, path: Path) -> tuple[Tensor, Tensor | None]:
-        with Image.open(path) as image:
-            photo = image.convert("RGB")
+        photo = load_image(path, name=path.name)
         if self.mask_dir is None:
             return self.transform(photo).float().div(127.5).sub(1)[None], None
-        with Image.open(find_mask(self.mask_dir, path)) as mask:
-            mask = mask.convert("L").resize(photo.size, Image.NEAREST)
+        mask_path = find_mask(self.mask_dir, path)
+        mask = load_image(mask_path, name=mask_path.name).convert("L").resize(photo.size, Image.NEAREST)
         pixels, mask = self.transform(photo, tv_tensors.Mask(torch.from_numpy(np.array(mask))[None]))
         return pixels.float().div(127.5).sub(1)[None], (mask > 127).float()[None]

@@ -12,6 +12,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from ..image_io import to_pil
+
 # (key, column title, number format) of the Markdown table, in order.
 TRANSFER_COLUMNS = (
     ("structure_distance", "structure dist. ↓", "{:.3f}"),
@@ -78,7 +80,7 @@ def plot_tradeoff(results: dict[str, Any], path: Path) -> None:
         if coat:
             xs = [m["transfer"]["structure_distance"]["mean"] for m in coat]
             ys = [m["transfer"][key]["mean"] for m in coat]
-            ax.plot(xs, ys, "o-", color="tab:red", label="coat (over n)")
+            ax.plot(xs, ys, "o-", color="black", label="coat (over n)")
             for m, x, y in zip(coat, xs, ys):
                 ax.annotate(f"n={m['n']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         for m in methods:
@@ -92,12 +94,6 @@ def plot_tradeoff(results: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=8)
     figure.suptitle(f"Structure kept vs appearance taken ({len(results['pairs'])} pairs)")
     figure.savefig(path, dpi=120)
-
-
-def to_pil(image: Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [-1, 1] as an RGB PIL image."""
-    array = (image.detach().float().clamp(-1, 1) + 1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
 
 
 def _label_tile(text: str, size: int) -> Image.Image:
