@@ -9,14 +9,16 @@ hypercolumns (C = 64 + 128 + 256 + 512 = 960 channels per position), as STROTSS 
   on a ``structure_grid`` grid (N positions), ``D_ij = 1 − cos(F_i, F_j)``, columns normalised to sum to
   one, ``D̃_ij = D_ij / Σ_i' D_i'j``; then ``d_struct(X, Y) = (1/N) Σ_j Σ_i |D̃^X_ij − D̃^Y_ij|``, the
   mean L1 distance between matching columns, in [0, 2]. It compares each image's layout with itself,
-  so it ignores colour and texture that do not move edges.
+  so a global colour change barely moves it.
 * Appearance distance (lower = style's look taken): the sliced Wasserstein distance
   ``SW_2(X, Y) = (E_θ ∫_0^1 (Q_θX(t) − Q_θY(t))^2 dt)^(1/2)`` between two point sets, with θ uniform
   random unit directions (seeded, so every method is measured along the same ones) and Q the
   empirical quantile functions of the projections. Sets of unequal size are compared at
   ``max(N, M)`` quantile levels ``(k + 1/2) / max(N, M)`` by linear interpolation. Taken between the
-  result's and the style's VGG hypercolumns (``swd_vgg``) and their Lab pixels (``swd_lab``, units of
-  ΔE); with masks, only the object's positions count (the result's object is the content's).
+  result's and the style's VGG hypercolumns (``swd_vgg``) and their Lab pixels (``swd_lab``, in Lab
+  units, as ΔE76); with masks, only the object's positions count: the style's under the style's mask, the
+  result's under the content's (the result keeps the content's layout), so with masks even the style
+  image itself is not at distance 0 unless both objects cover the same pixels.
 * Reconstruction (content = style): PSNR on [0, 1] pixels, ``10 log10(1 / MSE)``, capped at
   ``max_db`` = 100 dB (identical images give exactly 100), and LPIPS (AlexNet, v0.1).
 """
