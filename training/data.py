@@ -148,18 +148,18 @@ class PairTransform:
             geometry = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
         if hflip:
             geometry.append(v2.RandomHorizontalFlip())
-        self.transform = v2.Compose([v2.ToImage(), *geometry])
+        self.transform = v2.Compose([v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True),
+                                     v2.Normalize([0.5] * 3, [0.5] * 3)])  # masks pass ToDtype/Normalize as is
 
     def __call__(self, image: Image.Image, mask: Image.Image | None, seed: int) -> tuple[Tensor, Tensor | None]:
         """(3, S, S) pixels in [-1, 1] and a (1, S, S) mask in {0, 1} (or None); ``seed`` fixes the draws."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if mask is None:
-                pixels = self.transform(image)
-                return pixels.float().div(127.5).sub(1.0), None
+                return self.transform(image).as_subclass(Tensor), None
             mask = mask.resize(image.size, Image.NEAREST)
             pixels, mask_t = self.transform(image, tv_tensors.Mask(torch.from_numpy(np.array(mask))[None]))
-        return pixels.float().div(127.5).sub(1.0), (mask_t > 127).float()
+        return pixels.as_subclass(Tensor), (mask_t > 127).as_subclass(Tensor).float()
 
 
 class PairDataset(Dataset):

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import resource
 import shutil
 import sys
 import time
@@ -363,6 +364,13 @@ class Adversary:
 # The loop.
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory: CUDA allocations on a GPU, resident set size on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def make_dataloader(dataset, config: TrainConfig, accelerator: Accelerator) -> tuple[DataLoader, EpochSampler | None]:
     """Map-style sets get a seeded epoch sampler sharded by Accelerate; streamed sets shard themselves."""
     if isinstance(dataset, PairDataset):
@@ -493,8 +501,10 @@ def train(config: TrainConfig) -> Path:
                 parts = {key: accelerator.reduce(out[key], "mean").item()
                          for key in LOGGED_LOSSES if key in out}
                 elapsed = time.perf_counter() - window_start
+                memory = torch.tensor(peak_memory_mb(accelerator.device), device=accelerator.device)
                 last_logs = {**parts, "lr": scheduler.get_last_lr()[0], "images_per_s": window_images / elapsed,
-                             "skipped_images": state.skipped_images}
+                             "skipped_images": state.skipped_images,
+                             "peak_memory_mb": accelerator.reduce(memory, "max").item()}
                 accelerator.log(last_logs, step=state.step)
                 if accelerator.is_main_process:
                     with open(output_dir / "metrics.jsonl", "a") as handle:
