@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -80,6 +81,16 @@ def test_pairs_skip_corrupt_images_and_follow_the_pair_rule(image_folder):
     assert torch.equal(dataset[0]["style"], items[0]["style"]) and int(dataset[0]["seed"]) == int(items[0]["seed"])
     dataset.set_epoch(1)
     assert int(dataset[0]["seed"]) != int(items[0]["seed"])
+
+
+def test_streaming_pairs_are_endless_and_resume_by_skipping(image_folder):
+    options = DataOptions(data_dir=str(image_folder), image_size=32, streaming=True, shuffle_buffer=4)
+    stream = build_dataset(options)
+    first = list(itertools.islice(iter(stream), 30))  # more than the 12 readable images: a second pass
+    assert len(first) == 30 and sum(int(it["skipped"]) for it in first) >= 1
+    stream.set_epoch(0, skip=5)
+    resumed = next(iter(stream))
+    assert torch.equal(resumed["content"], first[5]["content"]) and int(resumed["seed"]) == int(first[5]["seed"])
 
 
 def test_masks_follow_the_photo(tmp_path):

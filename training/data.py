@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+from datasets.distributed import split_dataset_by_node
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -247,36 +249,45 @@ class EpochSampler(Sampler[int]):
 
 
 class StreamingPairDataset(IterableDataset):
-    """Content/style pairs from a streamed 🤗 dataset: each image's style partner is a random earlier one.
+    """Endless content/style pairs from a streamed 🤗 dataset: each image's style partner is a random earlier one.
 
-    The stream is shuffled with a buffer, split between processes (``rank``/``world_size``), and a
-    reservoir of recent images provides style partners (class labels are not used). ``set_epoch(e, skip)``
-    resumes after the ``skip`` samples this process already yielded in epoch ``e``.
+    Each pass over the stream is shuffled with a buffer (seeded by the pass number) and split between
+    processes (``rank``/``world_size``); a reservoir of recent images provides style partners (class
+    labels are not used). Passes repeat without end, so every process always has a next batch.
+    ``set_epoch(e, skip)`` starts at pass ``e`` after the ``skip`` samples this process already yielded.
     """
 
     def __init__(self, ds: datasets.IterableDataset, options: DataOptions, rank: int = 0, world_size: int = 1,
                  reservoir: int = 64) -> None:
         self.ds, self.options, self.rank, self.world_size = ds, options, rank, world_size
         self.transform = PairTransform(options.image_size, options.hflip, options.crop_scale)
+        self.patterns = [p for p in (options.exclude or "").split("|") if p]
         self.reservoir, self.epoch, self.skip = reservoir, 0, 0
-        patterns = [p for p in (options.exclude or "").split("|") if p]
-        self.patterns = patterns
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
+    def _photos(self) -> Iterator[tuple[int, Image.Image | None]]:
+        """(running index, decoded photo or None when unreadable) over endless passes."""
+        index = 0
+        for epoch in itertools.count(self.epoch):
+            stream = self.ds.shuffle(seed=self.options.seed + epoch, buffer_size=self.options.shuffle_buffer)
+            stream = split_dataset_by_node(stream, rank=self.rank, world_size=self.world_size)
+            for row in stream:
+                if _excluded(row["image"].get("path"), self.patterns):
+                    continue
+                try:
+                    yield index, decode_image(row["image"])
+                except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+                    logger.warning("skipping unreadable image %s: %s", row["image"].get("path"), err)
+                    yield index, None
+                index += 1
+
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        stream = self.ds.shuffle(seed=self.options.seed + self.epoch, buffer_size=self.options.shuffle_buffer)
-        stream = datasets.distributed.split_dataset_by_node(stream, rank=self.rank, world_size=self.world_size)
         recent: list[Image.Image] = []
         skipped = emitted = 0
-        for index, row in enumerate(stream):
-            if _excluded(row["image"].get("path"), self.patterns):
-                continue
-            try:
-                photo = decode_image(row["image"])
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-                logger.warning("skipping unreadable image %s: %s", row["image"].get("path"), err)
+        for index, photo in self._photos():
+            if photo is None:
                 skipped += 1
                 continue
             seed = sample_seed(self.options.seed, self.epoch, index * self.world_size + self.rank)
@@ -291,8 +302,7 @@ class StreamingPairDataset(IterableDataset):
                 continue
             content_t, _ = self.transform(photo, None, seed ^ 1)
             style_t, _ = self.transform(style, None, seed ^ 2)
-            yield {"content": content_t, "style": style_t, "seed": torch.tensor(seed),
-                   "skipped": torch.tensor(skipped)}
+            yield {"content": content_t, "style": style_t, "seed": torch.tensor(seed), "skipped": torch.tensor(skipped)}
             skipped = 0
 
 

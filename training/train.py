@@ -112,8 +112,8 @@ class TrainConfig:
     sample_n: list[int] | None = None  # n of the sample grids (None: 0, default_n, K-2)
     num_samples: int = 4
     report_to: str = "tensorboard"
-    resume: str | None = None  # "latest" or a checkpoint folder
-    export: str | None = None  # export the (resumed) EMA model to this folder and exit; "" = output_dir/final
+    resume: str | None = None  # "latest" or a checkpoint folder (same process count and batch size)
+    export: str | None = None  # export a checkpoint's EMA model (--resume, default latest) here and exit; "" = output_dir/final
     export_dtype: str = "float32"
 
     def data_options(self, image_size: int) -> DataOptions:
@@ -290,7 +290,7 @@ model = COATModel.from_pretrained("{folder}")
 
 | | |
 | --- | --- |
-| data | `{data}` ({num_images} images) |
+| data | `{data}` ({num_images}) |
 | steps | {step} (batch {global_batch}, {num_processes} process(es)) |
 | objective | L = L_rec + {reg_alpha}·L_reg + {ccl_beta}·L_CCL (λ_mse {lambda_mse}, λ_lpips {lambda_lpips}, LPIPS {lpips_net}) |
 | trained modules | {train_modules} |
@@ -305,7 +305,7 @@ Weizmann horses): the model inherits them and is released under CC BY-NC 4.0.
 
 
 def export_model(model: COATModel, ema: EMAModel, directory: Path, config: TrainConfig, state: TrainState,
-                 num_images: int, num_processes: int, losses: dict[str, float]) -> None:
+                 num_images: str, num_processes: int, losses: dict[str, float]) -> None:
     """``save_pretrained`` of the EMA weights plus a model card (README.md)."""
     exported = copy.deepcopy(model)
     ema.copy_to(exported.parameters())
@@ -421,14 +421,18 @@ def train(config: TrainConfig) -> Path:
                             accelerator.num_processes)
     loader, sampler = make_dataloader(dataset, config, accelerator)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    ema.to(accelerator.device)
     state = TrainState()
     accelerator.register_for_checkpointing(ema, state)
 
     checkpoint_root = output_dir / "checkpoints"
-    resume_from = resolve_resume(config.resume, checkpoint_root)
+    resume_from = resolve_resume(config.resume or ("latest" if config.export is not None else None), checkpoint_root)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        ema.to(accelerator.device)  # the loaded EMA weights arrive on the CPU
         logger.info("resumed from %s at step %d", resume_from, state.step)
+    elif config.export is not None:
+        raise ValueError(f"--export: no checkpoint to export in {checkpoint_root}")
     elif config.resume:
         logger.info("--resume %s: no checkpoint in %s yet, starting from step 0", config.resume, checkpoint_root)
     if accelerator.is_main_process:
@@ -438,7 +442,7 @@ def train(config: TrainConfig) -> Path:
             shutil.rmtree(temp, ignore_errors=True)
 
     export_dir = Path(config.export) if config.export else output_dir / "final"
-    num_images = len(dataset) if isinstance(dataset, PairDataset) else -1
+    num_images = f"{len(dataset)} images" if isinstance(dataset, PairDataset) else "streamed"
     if config.export is not None:  # export only
         if accelerator.is_main_process:
             export_model(model, ema, export_dir, config, state, num_images, accelerator.num_processes, {})
@@ -449,8 +453,8 @@ def train(config: TrainConfig) -> Path:
         accelerator.init_trackers("coat", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
     k = model.config.num_modulation_layers
     sample_ns = config.sample_n or sorted({0, model.config.default_n, max(k - 2, 0)})
-    fixed = None
-    if isinstance(dataset, PairDataset) and accelerator.is_main_process:  # the same pairs at every interval
+    fixed = None  # the same pairs at every interval: the first items (map-style) or the first batch (stream)
+    if isinstance(dataset, PairDataset) and accelerator.is_main_process:
         items = [dataset[i] for i in range(min(config.num_samples, len(dataset)))]
         fixed = [torch.stack([it[key] for it in items]).to(accelerator.device) for key in ("content", "style")]
 
@@ -460,7 +464,7 @@ def train(config: TrainConfig) -> Path:
     objective.train()
     while state.step < config.max_steps:
         epoch_loader = loader
-        if sampler is None:  # a stream skips what this process consumed itself
+        if sampler is None:  # an endless stream: skip what this process consumed before a resume
             dataset.set_epoch(state.epoch, state.batches_in_epoch * config.batch_size)
         else:
             dataset.set_epoch(state.epoch)
@@ -470,6 +474,8 @@ def train(config: TrainConfig) -> Path:
         for batch in epoch_loader:
             if sampler is None:
                 batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+                if fixed is None and accelerator.is_main_process:
+                    fixed = [batch[key][: config.num_samples] for key in ("content", "style")]
             models = (objective,) if adversary is None else (objective, adversary.discriminator)
             with accelerator.accumulate(*models):
                 out = objective(batch["content"], batch["style"], batch["seed"], batch.get("mask"))
