@@ -311,6 +311,8 @@ def build_dataset(options: DataOptions, rank: int = 0, world_size: int = 1) -> D
     if options.data_dir is not None:
         data_dir, mask_dir = resolve_folders(options.data_dir, options.mask_dir)
         options = DataOptions(**{**options.__dict__, "data_dir": data_dir, "mask_dir": mask_dir})
+        if mask_dir:
+            logger.info("images from %s, foreground masks from %s", data_dir, mask_dir)
     ds = open_image_dataset(options)
     if options.streaming:
         if options.mask_dir or options.holdout_last:
