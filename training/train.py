@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import resource
@@ -435,12 +434,6 @@ def train(config: TrainConfig) -> Path:
         raise ValueError(f"--export: no checkpoint to export in {checkpoint_root}")
     elif config.resume:
         logger.info("--resume %s: no checkpoint in %s yet, starting from step 0", config.resume, checkpoint_root)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        for temp in checkpoint_root.glob(f"{TEMP_PREFIX}*"):  # left by a kill during a save
-            shutil.rmtree(temp, ignore_errors=True)
-
     export_dir = Path(config.export) if config.export else output_dir / "final"
     num_images = f"{len(dataset)} images" if isinstance(dataset, PairDataset) else "streamed"
     if config.export is not None:  # export only
@@ -448,6 +441,11 @@ def train(config: TrainConfig) -> Path:
             export_model(model, ema, export_dir, config, state, num_images, accelerator.num_processes, {})
         accelerator.end_training()
         return export_dir
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        for temp in checkpoint_root.glob(f"{TEMP_PREFIX}*"):  # left by a kill during a save
+            shutil.rmtree(temp, ignore_errors=True)
 
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers("coat", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
