@@ -74,11 +74,13 @@ def _matches_from_maxima(row_max: Tensor, row_arg: Tensor, col_max: Tensor, col_
     return mutual, confidence
 
 
+@torch.no_grad()
 def find_correspondence(content_feat: Tensor, style_feat: Tensor, block_size: int = 1024) -> Correspondence:
     """Mutual nearest neighbours of Eq. 1-2, computed over blocks of ``block_size`` content positions.
 
     content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2). Peak extra memory is about
-    B·block_size·H2·W2 floats plus the normalised maps.
+    B·block_size·H2·W2 floats plus the normalised maps. The matches are discrete, so no graph is kept:
+    gradients reach the features through the gather of Eq. 3 in ``align_features``.
     """
     if content_feat.ndim != 4 or style_feat.ndim != 4:
         raise ValueError("content_feat and style_feat must be (B, C, H, W) tensors")
