@@ -1,6 +1,6 @@
 """Inference latency and peak memory of COAT, latent-swap and warp per pair, and of the latent alignment.
 
-    python benchmarks/benchmark_inference.py [--sizes 64,128,256,512,1024] [--max-seconds 150] [--device cpu]
+    python benchmarks/benchmark_inference.py [--sizes 64,128,256,512,1024] [--max-seconds 100] [--threads N]
 
 Models: untrained (seeded) ones with the ``small`` preset's encoder (widths 48, 96, 160, 256) and style
 dimension (192), at each image size S, with decoder widths ``min(256, 32 · 2^(levels above S))`` (32 at the
@@ -20,7 +20,9 @@ one warm-up call (no warm-up when the first call takes over 10 s; repeats stop o
 ``--max-seconds``). A measurement is skipped when its time, predicted from the previous size (x16 per
 doubling for methods with an N^2 search, x4 for latent-swap), exceeds ``--max-seconds``, or, for the naive
 alignment, when its N x N matrices would not fit in ``--max-naive-gb``.
-Results go to ``benchmarks/results/inference_<device>.{json,md,png}``.
+``--threads`` sets torch's intra-op threads: on a CPU shared with other jobs, 1 thread gives stable numbers
+where 2 threads wait on each other (up to 30x slower calls). Results go to
+``benchmarks/results/inference_<device>.{json,md,png}``, with the machine and its load average.
 """
 
 from __future__ import annotations
@@ -127,9 +129,10 @@ def measure(name: str, size: int, repeats: int, max_seconds: float, device: str)
 
 
 def measure_in_subprocess(name: str, size: int, repeats: int, max_seconds: float, device: str) -> dict:
-    """``measure`` in a fresh interpreter, so that ru_maxrss is this measurement's alone."""
+    """``measure`` in a fresh interpreter (with this one's torch threads), so that ru_maxrss is its alone."""
     spec = json.dumps({"name": name, "size": size, "repeats": repeats, "max_seconds": max_seconds, "device": device})
-    done = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True, text=True)
+    command = [sys.executable, __file__, "--threads", str(torch.get_num_threads()), "--worker", spec]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         killed = done.returncode < 0 or "out of memory" in done.stderr.lower()
         return {"skipped": "out of memory" if killed else f"failed: {done.stderr.strip().splitlines()[-1]}"}
@@ -215,41 +218,46 @@ def plot(report: dict, path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     latency_ax.legend(fontsize=8)
     machine = report["machine"]
-    figure.suptitle(f"COAT inference on {machine['processor']} ({machine['torch_threads']} threads, {machine['device']})")
+    figure.suptitle(f"COAT inference on {machine['processor']} (torch threads: {machine['torch_threads']}, {machine['device']})")
     figure.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="64,128,256,512,1024", help="comma-separated image sizes (powers of two)")
-    parser.add_argument("--max-seconds", type=float, default=150.0,
+    parser.add_argument("--max-seconds", type=float, default=100.0,
                         help="skip a measurement predicted to take longer; also caps the repeats' total")
     parser.add_argument("--max-naive-gb", type=float, default=8.0, help="largest S + Q of the naive alignment")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         spec = json.loads(args.worker)
         print(json.dumps(measure(spec["name"], spec["size"], spec["repeats"], spec["max_seconds"], spec["device"])))
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
-    report = run(sizes, args.max_seconds, args.max_naive_gb, args.device)
+    report = run([int(size) for size in args.sizes.split(",")], args.max_seconds, args.max_naive_gb, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"inference_{args.device.split(':')[0]}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown_table(report)
+    write_reports(report, stem)
+    print(markdown_table(report))
+    print(f"wrote {stem}.json, .md, .png")
+
+
+def write_reports(report: dict, stem: Path) -> None:
+    """``<stem>.md`` (the table with the machine and its load) and ``<stem>.png`` of a ``run`` report."""
     machine = report["machine"]
     stem.with_suffix(".md").write_text(
         f"# Inference benchmark\n\nMedian latency / peak memory of the call, batch 1, {machine['processor']}, "
-        f"{machine['cpu_count']} cores, {machine['torch_threads']} torch threads, torch {machine['torch']}, device "
-        f"{machine['device']}. Load average before/after: {report['load_average_before'][0]:.1f} / "
-        f"{report['load_average_after'][0]:.1f}.\n\n{table}\n"
+        f"{machine['cpu_count']} cores, torch threads: {machine['torch_threads']}, torch {machine['torch']}, device "
+        f"{machine['device']}. Load average (1 min) before/after: {report['load_average_before'][0]:.1f} / "
+        f"{report['load_average_after'][0]:.1f}.\n\n{markdown_table(report)}\n"
     )
     plot(report, stem.with_suffix(".png"))
-    print(table)
-    print(f"wrote {stem}.json, .md, .png")
-
 
 if __name__ == "__main__":
     main()
