@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluationConfig:
     parser.add_argument("--lab-projections", type=int, default=defaults.lab_projections,
                         help="random directions of the sliced Wasserstein distance of Lab colours")
     parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 gives steadier latencies on a shared CPU)")
     return EvaluationConfig(**vars(parser.parse_args(argv)))
 
 

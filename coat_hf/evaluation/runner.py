@@ -47,6 +47,7 @@ class EvaluationConfig:
     num_projections: int = 256
     lab_projections: int = 64
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
@@ -143,6 +144,15 @@ def evaluate(
 
 def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     """Load the model and images, evaluate every method, and write ``OUTPUT_FILES`` into ``config.out``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or threads)
+    try:
+        return _run_evaluation(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     start = time.perf_counter()
     model = COATModel.from_pretrained(resolve_model(config.model)).to(config.device).eval()
     data_dir, mask_dir = resolve_folders(config.data, config.masks)
