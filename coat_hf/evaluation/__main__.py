@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluationConfig:
                         help="images used as both content and style for PSNR/LPIPS")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--n", dest="n_values", type=_int_list,
-                        help="COAT's n values, e.g. 0,3,6,9,12 (default: 0, K/4, K/2, 3K/4, K and default_n)")
+                        help="COAT's n values, e.g. 0,3,6,9,12 (default: every n from 0 to K)")
     parser.add_argument("--swap-n", type=int, help="n of the latent-swap baseline (default: the model's default_n)")
     parser.add_argument("--warp-scale", type=int, default=defaults.warp_scale,
                         help="scale of E whose features the warp matches (0 = finest)")

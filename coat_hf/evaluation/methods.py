@@ -102,9 +102,8 @@ class ColorTransfer(TransferMethod):
 
 
 def default_n_values(model: COATModel) -> list[int]:
-    """The sweep: n = 0, K/4, K/2, 3K/4, K (rounded) and the model's ``default_n``."""
-    k = model.num_modulation_layers
-    return sorted({round(i * k / 4) for i in range(5)} | {model.config.default_n})
+    """The whole sweep, n = 0, 1, ..., K (n = K keeps the content's vectors everywhere)."""
+    return list(range(model.num_modulation_layers + 1))
 
 
 def build_methods(
