@@ -75,13 +75,8 @@ class COATTrainingObjective(nn.Module):
         return torch.cat([torch.randint(1, k, (1,), generator=_generator(s, _N_STREAM)) for s in seeds]).to(device)
 
     def _decode(self, latents: Tensor, seeds: list[int]) -> Tensor:
-        """D with each sample's own noise (``noise_mode="random"``) or the stored noise: (B, K, D) -> (B, 3, S, S)."""
-        decoder = self.model.decoder
-        if self.model.config.noise_mode != "random":
-            return decoder(latents)
-        per_sample = [decoder.make_noise(1, generator=_generator(s, _NOISE_STREAM)) for s in seeds]
-        noise = [torch.cat(maps).to(latents.device, latents.dtype) for maps in zip(*per_sample)]
-        return decoder(latents, noise)
+        """D with each sample's own noise stream: (B, K, D) -> (B, 3, S, S)."""
+        return self.model.decode(latents, generator=[_generator(s, _NOISE_STREAM) for s in seeds])
 
     def _sample_positions(self, mutual: Tensor, foreground: Tensor | None, seeds: list[int]) -> tuple[Tensor, Tensor]:
         """Up to ``ccl_num_positions`` mutual (and foreground) positions per image: indices and valid, (B, P)."""

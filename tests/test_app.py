@@ -297,8 +297,8 @@ def imported_distributions(paths: list[Path]) -> set[str]:
 
 
 def test_spaces_requirements_cover_what_the_app_imports():
-    """requirements.txt installs everything app.py and the coat_hf modules it loads import (gradio comes with
-    the Spaces SDK), with pyproject.toml's version bounds."""
+    """requirements.txt installs everything app.py and the coat_hf package import (gradio comes with the
+    Spaces SDK), with pyproject.toml's version bounds."""
     tomllib = pytest.importorskip("tomllib")
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
@@ -306,9 +306,8 @@ def test_spaces_requirements_cover_what_the_app_imports():
     lines = (REPO / "requirements.txt").read_text().splitlines()
     required = {canonicalize_name(r.name): r.specifier
                 for r in (Requirement(line) for line in lines if line.strip() and not line.startswith("#"))}
-    loaded = [REPO / "app.py"] + [Path(m.__file__) for name, m in sorted(sys.modules.items())
-                                  if name.startswith("coat_hf") and getattr(m, "__file__", None)]
-    missing = imported_distributions(loaded) - set(required) - {"gradio"}
+    sources = [REPO / "app.py", *sorted((REPO / "coat_hf").rglob("*.py"))]
+    missing = imported_distributions(sources) - set(required) - {"gradio"}
     assert not missing, f"requirements.txt lacks {sorted(missing)}"
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     bounds = {canonicalize_name(r.name): r.specifier for r in map(Requirement, project)}
