@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
@@ -44,13 +42,11 @@ def test_style_scales_coarse_from_deep():
     assert scales[0] == 2 and scales[-1] == 0 and scales == sorted(scales, reverse=True)
 
 
-def test_forward_shapes_and_speed(tiny_model, image_pair):
+def test_forward_shapes(tiny_model, image_pair):
+    """(Speed is measured by benchmarks/benchmark_inference.py, not asserted here.)"""
     content, style = image_pair
     with torch.no_grad():
-        tiny_model(content, style)  # warm-up
-        start = time.perf_counter()
         out = tiny_model(content, style, output_correspondence=True)
-        elapsed = time.perf_counter() - start
     k, d = tiny_model.num_modulation_layers, tiny_model.config.style_dim
     assert out.images.shape == (2, 3, 64, 64)
     assert out.latents.shape == out.content_latents.shape == out.style_latents.shape == (2, k, d)
@@ -58,7 +54,6 @@ def test_forward_shapes_and_speed(tiny_model, image_pair):
     sizes = [c.content_size for c in out.correspondences]
     assert sizes == [(32, 32), (16, 16), (8, 8)]
     assert [f.shape[-1] for f in tiny_model.encode(content)] == [32, 16, 8]
-    assert elapsed < 1.0, f"tiny forward took {elapsed:.2f}s"
     images, latents, *_ = tiny_model(content, style, return_dict=False)
     assert images.shape == (2, 3, 64, 64)
 
