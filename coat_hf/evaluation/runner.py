@@ -154,7 +154,8 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
 
 def _run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    model = COATModel.from_pretrained(resolve_model(config.model)).to(config.device).eval()
+    # Bundled models are stored in float16; the metrics and baselines compute in float32.
+    model = COATModel.from_pretrained(resolve_model(config.model), dtype=torch.float32).to(config.device).eval()
     data_dir, mask_dir = resolve_folders(config.data, config.masks)
     images = list_images(data_dir, config.include, config.holdout_last)
     pairs = sample_pairs(images, config.num_pairs, config.seed)
