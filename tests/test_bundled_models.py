@@ -1,0 +1,49 @@
+"""The models shipped inside the package: loadable by name, small, and (with the photos) trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from coat_hf import COATModel
+from coat_hf.image_io import load_image, pixel_transform
+from coat_hf.pretrained import DEFAULT_MODEL, UNTRAINED_MODEL, available_models, default_model, resolve_model
+
+TRAINED = [name for name in available_models() if name != UNTRAINED_MODEL]
+
+
+def test_default_is_the_trained_face_model():
+    assert DEFAULT_MODEL == "coat-celeba-128" and default_model() == DEFAULT_MODEL
+    assert {"coat-celeba-128", "coat-afhq-cat-128"} <= set(TRAINED)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_bundled_model_loads_and_is_small(name):
+    folder = Path(resolve_model(name))
+    assert (folder / "model.safetensors").stat().st_size < 30 * 2**20
+    assert (folder / "README.md").exists()
+    model = COATModel.from_pretrained(folder, dtype=torch.float32).eval()
+    assert model.config.image_size >= 128
+    x = torch.zeros(1, 3, model.config.image_size, model.config.image_size)
+    with torch.no_grad():
+        assert torch.isfinite(model(x, x).images).all()
+
+
+def _psnr(model: COATModel, paths: list[Path]) -> float:
+    transform = pixel_transform(model.config.image_size)
+    x = torch.stack([transform(load_image(str(p), "image")) for p in paths])
+    with torch.no_grad():
+        out = model(x, x, generator=torch.Generator().manual_seed(0)).images.clamp(-1, 1)
+    mse = ((out - x) / 2).pow(2).flatten(1).mean(1)
+    return float((-10 * torch.log10(mse)).mean())
+
+
+def test_face_model_reconstructs_held_out_faces(data_dir):
+    """On held-out CelebA faces the trained model reconstructs far better than the same network untrained."""
+    paths = sorted((data_dir / "celeba" / "val").glob("*.jpg"))[:4]
+    trained = COATModel.from_pretrained(resolve_model("coat-celeba-128"), dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    untrained = COATModel(trained.config).eval()
+    assert _psnr(trained, paths) > _psnr(untrained, paths) + 5
