@@ -57,18 +57,23 @@ def fetch_image(page, selector: str) -> PIL.Image.Image:
         return PIL.Image.open(io.BytesIO(response.read())).convert("RGB")
 
 
+def open_app_with(page, url: str, content, style) -> None:
+    """Load the page and upload the content and style files."""
+    page.goto(url)
+    page.wait_for_selector("#run")
+    page.locator("#content input[type=file]").set_input_files(str(content))
+    page.locator("#style input[type=file]").set_input_files(str(style))
+    page.wait_for_selector("#style img")
+
+
 def test_upload_slide_run_shows_result_and_matches(served, browser_page, tmp_path):
     demo, server = served
     page, k = browser_page, demo.num_modulation_layers
     content = save_photo(tmp_path / "content.png", 1, size=256)
     style = save_photo(tmp_path / "style.png", 2, size=256)
 
-    page.goto(server.local_url)
-    page.wait_for_selector("#run")
-    page.locator("#content input[type=file]").set_input_files(str(content))
-    page.locator("#style input[type=file]").set_input_files(str(style))
+    open_app_with(page, server.local_url, content, style)
     page.wait_for_selector("#content img")
-    page.wait_for_selector("#style img")
 
     # Move the slider with the keyboard, as a person would: to the right end, then two steps back.
     slider = page.locator("#n input[type=range]")
@@ -108,11 +113,7 @@ def test_bad_file_shows_a_readable_error_and_the_page_keeps_working(served, brow
     broken.write_text("not a photo")
     style = save_photo(tmp_path / "style.png", 2, size=128)
 
-    page.goto(server.local_url)
-    page.wait_for_selector("#run")
-    page.locator("#content input[type=file]").set_input_files(str(broken))
-    page.locator("#style input[type=file]").set_input_files(str(style))
-    page.wait_for_selector("#style img")
+    open_app_with(page, server.local_url, broken, style)
     page.locator("#run").click()
     page.get_by_text("is not an image PIL can read").first.wait_for(timeout=30_000)
 
