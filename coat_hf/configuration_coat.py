@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .correspondence import ALIGNMENT_RULES
 from .encoders import default_style_scales
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -57,13 +58,16 @@ class COATConfig(PretrainedConfig):
             given (small n = more of the style's appearance).
         use_alignment: build style vectors from aligned style maps (Eq. 3); False swaps raw latents
             (the latent-swapping baseline).
+        alignment: the rule that builds the aligned style map: ``"mutual"`` (Eq. 3, the paper),
+            ``"nearest"`` or ``"soft"`` (departures, see ``coat_hf.correspondence.align_features``).
+        alignment_temperature: the softmax temperature of the ``"soft"`` rule.
         alignment_block_size: content positions per block in the blocked correspondence search.
+        modulation_pyramid: E_mod reads a top-down feature pyramid (pSp's GradualStyleEncoder) instead
+            of one scale per layer (a departure from the paper, see ``ModulationEncoder``).
         noise_mode: "random" (fresh noise each call, seedable) or "const" (the stored noise maps).
-        lambda_mse, lambda_lpips, lpips_net: reconstruction loss L_rec = λ_mse·MSE + λ_lpips·LPIPS.
-        reg_alpha, reg_type: α and the latent regulariser, "w_norm" (pSp) or "delta" (e4e).
-        ccl_beta, ccl_temperature, ccl_negative_threshold, ccl_hard_negative_rule, ccl_num_positions:
-            β, τ, g, the reading of Eq. 5's rank rule (see ``coat_hf.losses``) and how many matched
-            positions per image take part in L_CCL.
+
+    The training losses and their weights are not part of the architecture: they live in
+    ``coat_hf.training.ObjectiveConfig``.
     """
 
     model_type = "coat"
@@ -79,18 +83,11 @@ class COATConfig(PretrainedConfig):
         style_scales: list[int] | None = None,
         default_n: int | None = None,
         use_alignment: bool = True,
+        alignment: str = "mutual",
+        alignment_temperature: float = 0.05,
         alignment_block_size: int = 1024,
+        modulation_pyramid: bool = False,
         noise_mode: str = "random",
-        lambda_mse: float = 1.0,
-        lambda_lpips: float = 0.8,
-        lpips_net: str = "alex",
-        reg_alpha: float = 1e-3,
-        reg_type: str = "w_norm",
-        ccl_beta: float = 0.1,
-        ccl_temperature: float = 0.07,
-        ccl_negative_threshold: float = 0.5,
-        ccl_hard_negative_rule: str = "hardest",
-        ccl_num_positions: int = 256,
         **kwargs: Any,
     ) -> None:
         if image_size < 8 or 2 ** int(math.log2(image_size)) != image_size:
@@ -114,19 +111,16 @@ class COATConfig(PretrainedConfig):
         if not 0 <= self.default_n <= self.num_modulation_layers:
             raise ValueError(f"default_n must be in [0, {self.num_modulation_layers}], got {self.default_n}")
         self.use_alignment = use_alignment
+        if alignment not in ALIGNMENT_RULES:
+            raise ValueError(f"alignment must be one of {ALIGNMENT_RULES}, got {alignment!r}")
+        if not alignment_temperature > 0:
+            raise ValueError(f"alignment_temperature must be > 0, got {alignment_temperature}")
+        self.alignment, self.alignment_temperature = alignment, alignment_temperature
         self.alignment_block_size = alignment_block_size
+        self.modulation_pyramid = modulation_pyramid
         if noise_mode not in ("random", "const"):
             raise ValueError(f"noise_mode must be 'random' or 'const', got {noise_mode!r}")
         self.noise_mode = noise_mode
-        self.lambda_mse, self.lambda_lpips, self.lpips_net = lambda_mse, lambda_lpips, lpips_net
-        if reg_type not in ("w_norm", "delta"):
-            raise ValueError(f"reg_type must be 'w_norm' or 'delta', got {reg_type!r}")
-        self.reg_alpha, self.reg_type = reg_alpha, reg_type
-        self.ccl_beta = ccl_beta
-        self.ccl_temperature = ccl_temperature
-        self.ccl_negative_threshold = ccl_negative_threshold
-        self.ccl_hard_negative_rule = ccl_hard_negative_rule
-        self.ccl_num_positions = ccl_num_positions
         super().__init__(**kwargs)
 
     @property

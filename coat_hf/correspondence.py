@@ -6,7 +6,8 @@ For one scale with content map F1 (C, N1 positions) and style map F2 (C, N2 posi
 * Eq. 2, soft mutual consistency: ``Q_ij = S_ij^2 / (max_i' S_i'j · max_j' S_ij')``.
 * Confident set ``p = {(i, j) : Q_ij = 1}``: the mutual nearest neighbours. Decided by argmax
   agreement (``argmax_j S_ij = j`` and ``argmax_i S_ij = i``), never by float equality of Q with 1.
-* Eq. 3, aligned style map: ``F^_i = F2_j`` if ``(i, j)`` in p, else ``F1_i``.
+* Eq. 3, aligned style map: ``F^_i = F2_j`` if ``(i, j)`` in p, else ``F1_i``. Two departures are
+  selectable (``align_features(rule=...)``): ``"nearest"`` and ``"soft"`` (see there).
 
 ``align_features`` never builds the (N1 x N2) matrix at once: it walks over blocks of content rows,
 keeping the running row maxima and column maxima, so memory grows with N, not N^2.
@@ -74,14 +75,10 @@ def _matches_from_maxima(row_max: Tensor, row_arg: Tensor, col_max: Tensor, col_
     return mutual, confidence
 
 
-@torch.no_grad()
-def find_correspondence(content_feat: Tensor, style_feat: Tensor, block_size: int = 1024) -> Correspondence:
-    """Mutual nearest neighbours of Eq. 1-2, computed over blocks of ``block_size`` content positions.
+ALIGNMENT_RULES = ("mutual", "nearest", "soft")
 
-    content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2). Peak extra memory is about
-    B·block_size·H2·W2 floats plus the normalised maps. The matches are discrete, so no graph is kept:
-    gradients reach the features through the gather of Eq. 3 in ``align_features``.
-    """
+
+def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int) -> None:
     if content_feat.ndim != 4 or style_feat.ndim != 4:
         raise ValueError("content_feat and style_feat must be (B, C, H, W) tensors")
     if content_feat.shape[:2] != style_feat.shape[:2]:
@@ -91,6 +88,12 @@ def find_correspondence(content_feat: Tensor, style_feat: Tensor, block_size: in
         )
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
+
+
+def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, temperature: float | None
+                    ) -> tuple[Correspondence, Tensor | None]:
+    """One pass over blocks of content rows of S (Eq. 1): row and column maxima and, when ``temperature``
+    is given, the softmax-weighted style features of every content row, (B, C, N1)."""
     b = content_feat.shape[0]
     f1 = F.normalize(content_feat.flatten(2), dim=1, eps=1e-8).transpose(1, 2)  # (B, N1, C)
     f2 = F.normalize(style_feat.flatten(2), dim=1, eps=1e-8)  # (B, C, N2)
@@ -99,27 +102,68 @@ def find_correspondence(content_feat: Tensor, style_feat: Tensor, block_size: in
     row_arg = torch.empty(b, n1, dtype=torch.long, device=f1.device)
     col_max = f1.new_full((b, n2), float("-inf"))
     col_arg = torch.zeros(b, n2, dtype=torch.long, device=f1.device)
+    soft = None
+    if temperature is not None:
+        values = style_feat.flatten(2).transpose(1, 2)  # (B, N2, C), gradients flow into the style
+        soft = []
     for start in range(0, n1, block_size):
-        s = f1[:, start : start + block_size] @ f2  # (B, blk, N2), a slice of Eq. 1
-        row_max[:, start : start + s.shape[1]], row_arg[:, start : start + s.shape[1]] = s.max(dim=2)
-        blk_max, blk_arg = s.max(dim=1)  # (B, N2)
-        better = blk_max > col_max  # strict: on ties the earlier (smaller) index wins, as argmax does
-        col_max = torch.where(better, blk_max, col_max)
-        col_arg = torch.where(better, blk_arg + start, col_arg)
+        with torch.set_grad_enabled(soft is not None and torch.is_grad_enabled()):
+            s = f1[:, start : start + block_size] @ f2  # (B, blk, N2), a slice of Eq. 1
+        stop = start + s.shape[1]
+        with torch.no_grad():
+            row_max[:, start:stop], row_arg[:, start:stop] = s.max(dim=2)
+            blk_max, blk_arg = s.max(dim=1)  # (B, N2)
+            better = blk_max > col_max  # strict: on ties the earlier (smaller) index wins, as argmax does
+            col_max = torch.where(better, blk_max, col_max)
+            col_arg = torch.where(better, blk_arg + start, col_arg)
+        if soft is not None:
+            soft.append(torch.softmax(s / temperature, dim=2) @ values)  # (B, blk, C)
     mutual, confidence = _matches_from_maxima(row_max, row_arg, col_max, col_arg)
-    return Correspondence(row_arg, row_max, confidence, mutual, tuple(content_feat.shape[2:]), tuple(style_feat.shape[2:]))
+    matches = Correspondence(row_arg, row_max.detach(), confidence.detach(), mutual,
+                             tuple(content_feat.shape[2:]), tuple(style_feat.shape[2:]))
+    return matches, None if soft is None else torch.cat(soft, dim=1).transpose(1, 2)
+
+
+@torch.no_grad()
+def find_correspondence(content_feat: Tensor, style_feat: Tensor, block_size: int = 1024) -> Correspondence:
+    """Mutual nearest neighbours of Eq. 1-2, computed over blocks of ``block_size`` content positions.
+
+    content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2). Peak extra memory is about
+    B·block_size·H2·W2 floats plus the normalised maps. The matches are discrete, so no graph is kept:
+    gradients reach the features through the gather of Eq. 3 in ``align_features``.
+    """
+    _check_maps(content_feat, style_feat, block_size)
+    return _blocked_search(content_feat, style_feat, block_size, None)[0]
 
 
 def align_features(
-    content_feat: Tensor, style_feat: Tensor, block_size: int = 1024
+    content_feat: Tensor, style_feat: Tensor, block_size: int = 1024, rule: str = "mutual",
+    temperature: float = 0.05,
 ) -> tuple[Tensor, Correspondence]:
-    """Eq. 3: the aligned style map ``F^`` (style features moved to their mutual matches, content elsewhere).
+    """The aligned style map ``F^`` under one of three rules, and the matches of Eq. 1-2.
+
+    * ``"mutual"`` (Eq. 3, the paper): ``F^_i = F2_j`` on a mutual match ``(i, j)``, ``F1_i`` elsewhere.
+    * ``"nearest"`` (departure): every content position takes its nearest style feature,
+      ``F^_i = F2_{argmax_j S_ij}``, so the style reaches every position.
+    * ``"soft"`` (departure): ``F^_i = c_i · Σ_j softmax_j(S_ij / temperature) F2_j + (1 − c_i) · F1_i``
+      with ``c_i`` the Eq. 2 confidence of i's best match (1 at mutual matches): differentiable through
+      S, and content features remain where no style position answers i.
 
     content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2) -> aligned (B, C, H1, W1) and the matches.
+    Memory stays within the blocked bound of ``find_correspondence`` for every rule.
     """
-    matches = find_correspondence(content_feat, style_feat, block_size)
+    _check_maps(content_feat, style_feat, block_size)
+    if rule not in ALIGNMENT_RULES:
+        raise ValueError(f"alignment must be one of {ALIGNMENT_RULES}, got {rule!r}")
+    if rule == "soft" and not temperature > 0:
+        raise ValueError(f"alignment_temperature must be > 0, got {temperature}")
+    matches, soft = _blocked_search(content_feat, style_feat, block_size, temperature if rule == "soft" else None)
     b, c = content_feat.shape[:2]
-    f2 = style_feat.flatten(2)  # (B, C, N2)
-    moved = f2.gather(2, matches.nearest[:, None, :].expand(b, c, -1))  # (B, C, N1)
-    aligned = torch.where(matches.mutual[:, None, :], moved, content_feat.flatten(2))
+    content_flat = content_feat.flatten(2)  # (B, C, N1)
+    if rule == "soft":
+        weight = matches.confidence.clamp(0, 1)[:, None, :].to(soft.dtype)  # (B, 1, N1)
+        aligned = weight * soft + (1 - weight) * content_flat
+    else:
+        moved = style_feat.flatten(2).gather(2, matches.nearest[:, None, :].expand(b, c, -1))  # (B, C, N1)
+        aligned = moved if rule == "nearest" else torch.where(matches.mutual[:, None, :], moved, content_flat)
     return aligned.view_as(content_feat), matches

@@ -75,19 +75,41 @@ class ModulationEncoder(nn.Module):
     Each layer k reads the map of scale ``style_scales[k]``. Departure from pSp (one conv stack per
     layer): the layers that read the same scale share one :class:`MapToStyle` stack and each has its own
     equalised linear head, which keeps the parameter count practical for the small presets.
+
+    With ``pyramid=True`` (pSp's GradualStyleEncoder, a departure from COAT's per-scale reading) the maps
+    first pass through a top-down feature pyramid: 1x1 lateral convs to D channels, each deeper level
+    upsampled bilinearly and added to the next shallower one, so every layer sees every scale.
     """
 
     def __init__(
-        self, feature_channels: Sequence[int], feature_sizes: Sequence[int], style_dim: int, style_scales: Sequence[int]
+        self, feature_channels: Sequence[int], feature_sizes: Sequence[int], style_dim: int,
+        style_scales: Sequence[int], pyramid: bool = False,
     ) -> None:
         super().__init__()
         self.style_scales = list(style_scales)
         used = sorted(set(self.style_scales))
+        self.laterals = None
+        if pyramid:
+            self.laterals = nn.ModuleList(nn.Conv2d(c, style_dim, 1) for c in feature_channels[used[0]:])
         self.trunks = nn.ModuleDict(
-            {str(l): MapToStyle(feature_channels[l], style_dim, feature_sizes[l]) for l in used}
+            {str(l): MapToStyle(style_dim if pyramid else feature_channels[l], style_dim, feature_sizes[l])
+             for l in used}
         )
         self.heads = nn.ModuleList(EqualLinear(style_dim, style_dim) for _ in self.style_scales)
 
+    def _pyramid(self, features: Sequence[Tensor]) -> dict[int, Tensor]:
+        """Top-down pyramid P_l = lateral_l(F_l) + up(P_{l+1}), (B, D, h_l, w_l) for the used scales."""
+        first = len(features) - len(self.laterals)
+        levels: dict[int, Tensor] = {}
+        p = None
+        for l in range(len(features) - 1, first - 1, -1):
+            lateral = self.laterals[l - first](features[l])
+            p = lateral if p is None else lateral + F.interpolate(p, size=lateral.shape[-2:], mode="bilinear",
+                                                                  align_corners=False)
+            levels[l] = p
+        return levels
+
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        pooled = {l: trunk(features[int(l)]) for l, trunk in self.trunks.items()}  # each (B, D)
+        maps = self._pyramid(features) if self.laterals is not None else dict(enumerate(features))
+        pooled = {l: trunk(maps[int(l)]) for l, trunk in self.trunks.items()}  # each (B, D)
         return torch.stack([head(pooled[str(l)]) for head, l in zip(self.heads, self.style_scales)], dim=1)

@@ -175,6 +175,7 @@ def correspondence_contrastive_loss(
     negative_threshold: float = 0.5,
     hard_negative_rule: str = "hardest",
     valid: Tensor | None = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """Correspondence contrastive loss L_CCL (Eq. 5-6), an InfoNCE over matched positions.
 
@@ -218,6 +219,8 @@ def correspondence_contrastive_loss(
         raise ValueError(f"`negative_threshold` must be in [0, 1], got {negative_threshold}")
     if hard_negative_rule not in HARD_NEGATIVE_RULES:
         raise ValueError(f"`hard_negative_rule` must be one of {HARD_NEGATIVE_RULES}, got {hard_negative_rule!r}")
+    if reduction not in ("mean", "per_image"):
+        raise ValueError(f"`reduction` must be 'mean' or 'per_image', got {reduction!r}")
     if valid is None:
         valid = torch.ones(query.shape[:2], dtype=torch.bool, device=query.device)
     elif valid.shape != query.shape[:2] or valid.dtype != torch.bool:
@@ -233,4 +236,7 @@ def correspondence_contrastive_loss(
     logits = torch.cat([positive, logits.masked_fill(~negatives, float("-inf"))], dim=-1)  # (B, N, 1 + N)
     targets = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)  # positive at index 0
     per_anchor = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(valid)
-    return per_anchor.masked_fill(~valid, 0).sum() / valid.sum().clamp_min(1)
+    per_anchor = per_anchor.masked_fill(~valid, 0)
+    if reduction == "per_image":
+        return per_anchor.sum(dim=1) / valid.sum(dim=1).clamp_min(1)
+    return per_anchor.sum() / valid.sum().clamp_min(1)

@@ -11,7 +11,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_coat import COATConfig
-from .correspondence import Correspondence, align_features
+from .correspondence import ALIGNMENT_RULES, Correspondence, align_features
 from .encoders import FeatureEncoder, ModulationEncoder
 from .stylegan2 import StyleGAN2Synthesis
 
@@ -71,7 +71,8 @@ class COATModel(COATPreTrainedModel):
         super().__init__(config)
         self.encoder = FeatureEncoder(config.in_channels, config.encoder_channels)
         self.modulation_encoder = ModulationEncoder(
-            config.encoder_channels, config.feature_sizes, config.style_dim, config.style_scales
+            config.encoder_channels, config.feature_sizes, config.style_dim, config.style_scales,
+            config.modulation_pyramid,
         )
         self.decoder = StyleGAN2Synthesis(config.image_size, config.style_dim, config.decoder_channels,
                                           config.blur_kernel)
@@ -111,10 +112,18 @@ class COATModel(COATPreTrainedModel):
         self._check_pixel_values(pixel_values, "pixel_values")
         return self.encoder(pixel_values)
 
-    def align(self, content_features: list[Tensor], style_features: list[Tensor]
+    def _check_alignment(self, alignment: str | None) -> str:
+        alignment = self.config.alignment if alignment is None else alignment
+        if alignment not in ALIGNMENT_RULES:
+            raise ValueError(f"alignment must be one of {ALIGNMENT_RULES}, got {alignment!r}")
+        return alignment
+
+    def align(self, content_features: list[Tensor], style_features: list[Tensor], alignment: str | None = None
               ) -> tuple[list[Tensor], list[Correspondence]]:
-        """Eq. 1-3 at every scale: aligned style maps F^_l and their matches."""
-        pairs = [align_features(f1, f2, self.config.alignment_block_size)
+        """Eq. 1-3 (or the rule ``alignment``, default ``config.alignment``) at every scale: aligned style
+        maps F^_l and their matches."""
+        rule = self._check_alignment(alignment)
+        pairs = [align_features(f1, f2, self.config.alignment_block_size, rule, self.config.alignment_temperature)
                  for f1, f2 in zip(content_features, style_features)]
         return [a for a, _ in pairs], [m for _, m in pairs]
 
@@ -149,6 +158,7 @@ class COATModel(COATPreTrainedModel):
         return_dict: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
         use_alignment: bool | None = None,
+        alignment: str | None = None,
     ) -> COATOutput | tuple:
         """Transfer the style image's appearance onto the content image.
 
@@ -159,19 +169,22 @@ class COATModel(COATPreTrainedModel):
             output_correspondence: also return the per-scale matches.
             generator: seeds the decoder's noise inputs (reproducible calls); a list gives one per sample.
             use_alignment: override ``config.use_alignment`` (False = latent-swapping baseline).
+            alignment: the alignment rule, ``"mutual"`` (Eq. 3), ``"nearest"`` or ``"soft"`` (default
+                ``config.alignment``).
         """
         self._check_pixel_values(content_pixel_values, "content_pixel_values")
         self._check_pixel_values(style_pixel_values, "style_pixel_values")
         if content_pixel_values.shape[0] != style_pixel_values.shape[0]:
             raise ValueError("content_pixel_values and style_pixel_values need the same batch size")
         n = self._check_n(n)
+        alignment = self._check_alignment(alignment)
         use_alignment = self.config.use_alignment if use_alignment is None else use_alignment
 
         content_features = self.encoder(content_pixel_values)
         style_features = self.encoder(style_pixel_values)
         correspondences = None
         if use_alignment or output_correspondence:
-            aligned, correspondences = self.align(content_features, style_features)
+            aligned, correspondences = self.align(content_features, style_features, alignment)
             if use_alignment:
                 style_features = aligned
         content_latents = self.style_vectors(content_features)  # (B, K, D)

@@ -63,3 +63,15 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"real photos not found at {DATA_DIR} (set COAT_DATA_DIR)")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_train_args():
+    """Command-line arguments of a 32 px training run on ``data_dir`` (no LPIPS download, one thread)."""
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml"
+
+    def make(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
+        return ["--config", str(config), "--data_dir", str(data_dir), "--output_dir", str(output_dir),
+                "--report_to", "none", "--lambda_lpips", "0", "--torch_threads", "1", *extra]
+
+    return make

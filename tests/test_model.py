@@ -31,8 +31,10 @@ def test_config_validation():
         COATConfig(image_size=100)
     with pytest.raises(ValueError, match="default_n"):
         COATConfig(default_n=99)
-    with pytest.raises(ValueError, match="reg_type"):
-        COATConfig(reg_type="l1")
+    with pytest.raises(ValueError, match="alignment"):
+        COATConfig(alignment="closest")
+    with pytest.raises(ValueError, match="alignment_temperature"):
+        COATConfig(alignment_temperature=0)
     with pytest.raises(ValueError, match="decoder_channels"):
         COATModel(COATConfig(image_size=64, decoder_channels=[8, 8]))
 

@@ -8,14 +8,15 @@ built from the decoder's own equalised-learning-rate layers in :mod:`coat_hf.sty
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coat_hf.configuration_coat import stylegan2_channels
-from coat_hf.stylegan2 import Blur, EqualLinear, FusedLeakyReLU
+from ..configuration_coat import stylegan2_channels
+from ..stylegan2 import Blur, EqualLinear, FusedLeakyReLU
 
 
 class EqualConv2d(nn.Module):
@@ -113,3 +114,35 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
     """R1: the squared gradient norm of D at real images, mean over the batch (real_images needs grad)."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean()
+
+
+@dataclass
+class Adversary:
+    """A prepared StyleGAN2 discriminator (``discriminator``, DDP-wrapped on several processes), its
+    optimiser, and the bare module (``plain``) that scores the generator's outputs without syncing D."""
+
+    discriminator: nn.Module
+    optimizer: torch.optim.Optimizer
+    plain: Discriminator
+
+    def generator_loss(self, fake: Tensor) -> Tensor:
+        """Non-saturating loss of the outputs; D's weights are left out of this graph."""
+        self.plain.requires_grad_(False)
+        logits = self.plain(fake)
+        self.plain.requires_grad_(True)
+        return generator_adversarial_loss(logits)
+
+    def step(self, accelerator, real: Tensor, fake: Tensor, r1_weight: float) -> dict[str, Tensor]:
+        """One D update on real content vs detached outputs, plus a lazy R1 term when ``r1_weight`` > 0."""
+        real = real.detach().requires_grad_(r1_weight > 0)
+        real_logits = self.discriminator(real)
+        loss = discriminator_loss(real_logits, self.discriminator(fake))
+        logs = {"adv_d": loss.detach()}
+        if r1_weight > 0:
+            r1 = r1_penalty(real_logits, real)
+            loss = loss + r1_weight / 2 * r1
+            logs["r1"] = r1.detach()
+        accelerator.backward(loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return logs

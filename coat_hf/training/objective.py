@@ -1,0 +1,227 @@
+"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer) on a batch of content/style pairs.
+
+For content images I1 (B, 3, S, S) and style images I2 of the same category:
+
+1. Reconstruction (self pair I1 → I1). Matching F1 = E(I1) against itself gives the identity (every
+   position is its own mutual nearest neighbour), so Eq. 3 returns F1 and every one of the K
+   modulation layers takes E_mod(F1): the reconstruction is D(E_mod(F1)), with
+   L_rec = λ_mse·MSE + λ_lpips·LPIPS against I1 and α·L_reg on its style codes.
+2. Transfer (I2 → I1). F2 = E(I2) is aligned to F1, the first n layers take the content's codes
+   E_mod(F1) (reused from 1) and the rest the aligned style's E_mod(F^); the output I_{2→1} = D(·) is
+   encoded again and L_CCL (Eq. 5-6) asks E(I_{2→1}) at position i to match F1 at i rather than F1 at
+   the other positions: the structure of the content survives the transfer. The positions are up to
+   ``ccl_num_positions`` mutual matches per image and scale (foreground ones only when a mask is
+   given); L_CCL is averaged per image, then over images and scales, in one batched call.
+3. The supervised transfer term (``transfer_weight`` γ > 0; a departure from the paper, see
+   :mod:`coat_hf.training.pseudo_pairs`): a pseudo-exemplar style I_s (I1 with another appearance,
+   warped) and its target T (the same appearance, unwarped); L_transfer = L_rec(D(content codes for
+   layers < n, aligned I_s codes for layers ≥ n), T) with n drawn per sample in 0..K-1.
+
+Every random draw of a sample (its n, its decoder noise, its CCL positions, its pseudo pair) is a
+counter-based draw keyed by the sample (:mod:`coat_hf.training.random`), made on the device: a batch
+split over several processes gives the losses of the whole batch on one, and a step never waits for
+the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, correspondence_contrastive_loss,
+                      latent_regularization, load_lpips, reconstruction_loss)
+from ..modeling_coat import COATModel
+from .pseudo_pairs import PseudoPairOptions, pseudo_exemplar_pair
+from .random import normal, randint, uniform
+
+# Stream ids of the objective's draws (see coat_hf.training.random).
+_N_STREAM, _PSEUDO_N_STREAM, _POSITION_STREAM, _NOISE_STREAM = 1, 2, 10, 1000
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss weights and options of :class:`COATTrainingObjective` (the model's config keeps the architecture)."""
+
+    lambda_mse: float = field(default=1.0, metadata={"help": "λ_mse, weight of the MSE part of L_rec."})
+    lambda_lpips: float = field(default=0.8, metadata={"help": "λ_lpips, weight of the LPIPS part of L_rec."})
+    lpips_net: str = field(default="alex", metadata={"help": "LPIPS backbone: alex or vgg."})
+    reg_alpha: float = field(default=1e-3, metadata={"help": "α, weight of L_reg."})
+    reg_type: str = field(default="w_norm", metadata={"help": "L_reg: w_norm (pSp) or delta (e4e)."})
+    ccl_beta: float = field(default=0.1, metadata={"help": "β, weight of L_CCL (0 leaves it out)."})
+    ccl_temperature: float = field(default=0.07, metadata={"help": "τ of L_CCL (Eq. 6)."})
+    ccl_negative_threshold: float = field(default=0.5, metadata={"help": "g of Eq. 5's hard-negative rule."})
+    ccl_hard_negative_rule: str = field(default="hardest", metadata={
+        "help": "Reading of Eq. 5: hardest, exclude_nearest or all (see coat_hf.losses)."})
+    ccl_num_positions: int = field(default=256, metadata={"help": "Matched positions per image and scale in L_CCL."})
+    ccl_scales: list[int] | None = field(default=None, metadata={"help": "E's scales in L_CCL (default: all)."})
+    transfer_n: int | None = field(default=None, metadata={
+        "help": "n of the L_CCL transfer branch (default: drawn per sample in 1..K-1)."})
+    transfer_weight: float = field(default=0.0, metadata={
+        "help": "γ, weight of the supervised pseudo-exemplar transfer term (0: the paper's objective)."})
+
+    def __post_init__(self) -> None:
+        if self.reg_type not in LATENT_REGULARIZATIONS:
+            raise ValueError(f"reg_type must be one of {LATENT_REGULARIZATIONS}, got {self.reg_type!r}")
+        if self.ccl_hard_negative_rule not in HARD_NEGATIVE_RULES:
+            raise ValueError(f"ccl_hard_negative_rule must be one of {HARD_NEGATIVE_RULES}, "
+                             f"got {self.ccl_hard_negative_rule!r}")
+        for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.ccl_num_positions < 1:
+            raise ValueError(f"ccl_num_positions must be positive, got {self.ccl_num_positions}")
+
+
+def per_sample_noise(model: COATModel, keys: Tensor) -> list[Tensor]:
+    """D's noise maps drawn from each sample's key: (B, 1, r, r) per StyledConv."""
+    return [normal(keys, _NOISE_STREAM + i, r * r).view(-1, 1, r, r)
+            for i, r in enumerate(model.decoder.noises.resolutions)]
+
+
+def mix_per_sample(content_latents: Tensor, style_latents: Tensor, n: Tensor) -> Tensor:
+    """Layers k < n_b take the content's codes, the rest the style's: (B, K, D) each, n (B,)."""
+    layer = torch.arange(content_latents.shape[1], device=content_latents.device)
+    return torch.where((layer[None, :] < n[:, None])[:, :, None], content_latents, style_latents)
+
+
+class COATTrainingObjective(nn.Module):
+    """The full objective around a :class:`COATModel`; ``forward`` returns the loss and its parts.
+
+    Args:
+        model: the model being trained.
+        config: the loss weights and options.
+        lpips_model: a frozen LPIPS (default: ``load_lpips(config.lpips_net)`` when λ_lpips > 0). It is
+            not a submodule: checkpoints and ``state_dict`` hold the trained model alone.
+        pseudo_pairs: the ranges of the transfer term's pseudo pairs.
+    """
+
+    def __init__(self, model: COATModel, config: ObjectiveConfig | None = None, lpips_model: nn.Module | None = None,
+                 pseudo_pairs: PseudoPairOptions | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config = config or ObjectiveConfig()
+        num_scales, k = model.config.num_scales, model.config.num_modulation_layers
+        self.ccl_scales = list(range(num_scales)) if config.ccl_scales is None else list(config.ccl_scales)
+        if not self.ccl_scales or not all(0 <= s < num_scales for s in self.ccl_scales):
+            raise ValueError(f"ccl_scales must be indices in [0, {num_scales}), got {config.ccl_scales}")
+        if config.transfer_n is not None and not 0 <= config.transfer_n <= k:
+            raise ValueError(f"transfer_n must be in [0, {k}], got {config.transfer_n}")
+        if lpips_model is None and config.lambda_lpips > 0:
+            lpips_model = load_lpips(config.lpips_net)
+        if lpips_model is not None:
+            lpips_model.requires_grad_(False).eval()
+        self._lpips = [lpips_model]  # a list hides it from state_dict, parameters() and DDP
+        self.pseudo_pairs = pseudo_pairs or PseudoPairOptions()
+
+    @property
+    def lpips(self) -> nn.Module | None:
+        return self._lpips[0]
+
+    def _apply(self, fn, recurse: bool = True):  # keep the hidden LPIPS on the model's device and dtype
+        super()._apply(fn, recurse)
+        if self.lpips is not None:
+            self.lpips._apply(fn, recurse)
+        return self
+
+    def _rec(self, output: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        c = self.config
+        return reconstruction_loss(output, target, self.lpips, c.lambda_mse, c.lambda_lpips, mask)
+
+    def _transfer_n(self, keys: Tensor) -> Tensor:
+        """(B,) n of each sample's L_CCL transfer: ``transfer_n`` or uniform in 1..K-1."""
+        k = self.model.config.num_modulation_layers
+        if self.config.transfer_n is not None:
+            return torch.full_like(keys, self.config.transfer_n)
+        return randint(keys, _N_STREAM, 1, max(k, 2))
+
+    def _sample_positions(self, mutual: Tensor, foreground: Tensor | None, keys: Tensor, scale: int
+                          ) -> tuple[Tensor, Tensor]:
+        """Up to ``ccl_num_positions`` mutual (and foreground) positions per image: indices and valid, (B, P)."""
+        n = mutual.shape[1]
+        count = min(self.config.ccl_num_positions, n)
+        eligible = mutual if foreground is None else mutual & foreground
+        order_keys = uniform(keys, _POSITION_STREAM + scale, n).masked_fill(~eligible, 2.0)  # ineligible last
+        index = order_keys.argsort(dim=1)[:, :count]  # (B, P)
+        return index, eligible.gather(1, index)
+
+    def contrastive_loss(self, output_features: list[Tensor], content_features: list[Tensor], correspondences: list,
+                         mask: Tensor | None, keys: Tensor) -> Tensor:
+        """L_CCL (Eq. 5-6) between E(I_{2→1}) and F1 at matched positions, mean over images and ``ccl_scales``.
+
+        All images and scales go through one call: each scale's (B, P_s, C_s) queries and keys are
+        zero-padded to the largest P and C (padding is marked invalid), stacked to (S·B, P, C).
+        """
+        queries, keys_, valids = [], [], []
+        for scale in self.ccl_scales:
+            query_map, key_map = output_features[scale], content_features[scale]  # (B, C, h, w) each
+            foreground = None
+            if mask is not None:
+                foreground = F.interpolate(mask, size=key_map.shape[-2:], mode="area").flatten(1) > 0.5  # (B, h·w)
+            index, valid = self._sample_positions(correspondences[scale].mutual, foreground, keys, scale)
+            gather = index[:, :, None].expand(-1, -1, key_map.shape[1])
+            queries.append(query_map.flatten(2).transpose(1, 2).gather(1, gather))  # (B, P, C)
+            keys_.append(key_map.flatten(2).transpose(1, 2).gather(1, gather))  # (B, P, C)
+            valids.append(valid)
+        p = max(q.shape[1] for q in queries)
+        c = max(q.shape[2] for q in queries)
+
+        def stack(items: list[Tensor], value: float | bool) -> Tensor:
+            padded = [F.pad(t, (0, c - t.shape[2], 0, p - t.shape[1]), value=value) if t.ndim == 3
+                      else F.pad(t, (0, p - t.shape[1]), value=value) for t in items]
+            return torch.cat(padded)
+
+        cfg = self.config
+        per_image = correspondence_contrastive_loss(
+            stack(queries, 0.0).float(), stack(keys_, 0.0).float(), cfg.ccl_temperature,
+            cfg.ccl_negative_threshold, cfg.ccl_hard_negative_rule, stack(valids, False), reduction="per_image",
+        )  # (S·B,)
+        return per_image.mean()
+
+    def forward(self, content: Tensor, style: Tensor, keys: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        """The objective on a batch.
+
+        Args:
+            content: I1, (B, 3, S, S) in [-1, 1].
+            style: I2, same shape.
+            keys: (B,) int64 per-sample keys (from the data schedule) that seed every draw.
+            mask: optional (B, 1, S, S) foreground of I1 weighting L_rec and restricting L_CCL's positions.
+
+        Returns:
+            ``loss`` (scalar L), the parts ``rec``, ``mse``, ``lpips``, ``reg``, ``ccl`` and
+            ``transfer`` (detached), and the images ``reconstruction`` and ``transfer_images``
+            (B, 3, S, S), with their graphs (for an adversarial term).
+        """
+        model, cfg = self.model, self.config
+        noise = per_sample_noise(model, keys)
+        content_features = model.encoder(content)  # F1: L maps
+        style_features = model.encoder(style)  # F2
+        content_latents = model.style_vectors(content_features)  # (B, K, D)
+
+        # 1. Reconstruction from the self pair: all K layers take E_mod(F1).
+        reconstruction = model.decoder(content_latents, noise)  # (B, 3, S, S)
+        rec, parts = self._rec(reconstruction, content, mask)
+        parts = {"rec": rec, **parts, "reg": latent_regularization(content_latents, model.latent_avg, cfg.reg_type)}
+        loss = rec + cfg.reg_alpha * parts["reg"]
+
+        # 2. Transfer I2 -> I1 with a per-sample n, then L_CCL on E(I_{2->1}) against F1.
+        aligned, correspondences = model.align(content_features, style_features)
+        latents = mix_per_sample(content_latents, model.style_vectors(aligned), self._transfer_n(keys))
+        transfer = model.decoder(latents, noise)  # (B, 3, S, S)
+        if cfg.ccl_beta > 0:
+            parts["ccl"] = self.contrastive_loss(model.encoder(transfer), content_features, correspondences, mask, keys)
+            loss = loss + cfg.ccl_beta * parts["ccl"]
+
+        # 3. The supervised transfer term on pseudo-exemplar pairs (the real style photo lends its colours).
+        if cfg.transfer_weight > 0:
+            pseudo_style, target = pseudo_exemplar_pair(content, style, keys, self.pseudo_pairs)
+            aligned, _ = model.align(content_features, model.encoder(pseudo_style))
+            k = model.config.num_modulation_layers
+            latents = mix_per_sample(content_latents, model.style_vectors(aligned), randint(keys, _PSEUDO_N_STREAM, 0, k))
+            parts["transfer"], _ = self._rec(model.decoder(latents, noise), target, mask)
+            loss = loss + cfg.transfer_weight * parts["transfer"]
+
+        return {"loss": loss, **{k: v.detach() for k, v in parts.items()},
+                "reconstruction": reconstruction, "transfer_images": transfer}

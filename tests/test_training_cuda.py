@@ -1,0 +1,34 @@
+"""The training step on a CUDA device: no host synchronisation inside a step (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_shape_image
+from coat_hf.training.arguments import parse_arguments
+from coat_hf.training.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_training_step_never_waits_for_the_host(tmp_path, tiny_train_args):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(8):
+        make_shape_image(48, seed=i).save(folder / f"{i}.png")
+    trainer = Trainer(parse_arguments([*tiny_train_args(folder, tmp_path / "run"), "--cache_images", "true",
+                                       "--mixed_precision", "bf16"]))
+    trainer.objective.train()
+    initial = [s.clone() for s in trainer.ema.shadow]
+    trainer._step(0)  # warm-up: allocations, cuDNN autotuning, the first epoch's permutation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in (1, 2):
+            trainer._step(step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    # The EMA follows the weights the optimiser trains (not stale copies left on the host by the move).
+    assert all(p.device.type == "cuda" for p in trainer.trainable)
+    assert any(not torch.equal(a, b) for a, b in zip(initial, trainer.ema.shadow))
