@@ -20,7 +20,6 @@ import numpy as np
 import PIL.Image
 import requests
 import torch
-import urllib3
 from diffusers.utils import load_image as diffusers_load_image
 from torch import Tensor
 from torchvision.transforms import v2
@@ -115,7 +114,7 @@ def _read_url(url: str, name: str, label: str, timeout: float, limit: int, stop:
                     chunk := response.raw.read1(_DOWNLOAD_CHUNK, decode_content=True)):
                 data.append(chunk)
                 size += len(chunk)
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+    except (requests.RequestException, OSError) as err:
         raise ValueError(f"{name}: could not download {label}: {err}") from None
     if size > limit:
         raise too_large
@@ -138,7 +137,7 @@ def _fetch(url: str, name: str, label: str) -> io.BytesIO:
     def download() -> None:
         try:
             outcome["data"] = _read_url(url, name, label, timeout, limit, stop)
-        except Exception as err:  # handed to the caller's thread
+        except Exception as err:  # handed to the caller's thread (urllib3's read errors among them)
             outcome["error"] = err
 
     thread = threading.Thread(target=download, name="coat-download", daemon=True)
