@@ -218,9 +218,11 @@ def _load_pipeline(model: str | None, device: str | None) -> COATAppearanceTrans
     try:
         return pipeline(TASK, model=resolve_model(model), device=device)
     except (OSError, ValueError) as err:
-        first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
+        lines = (str(err).strip() or type(err).__name__).splitlines()
+        # transformers' pipeline wraps the loader's error, traceback and all: its last line is the reason.
+        reason = lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0]
         raise ValueError(f"--model: cannot load {model or default_model()!r} (bundled models: "
-                         f"{', '.join(available_models())}): {first_line}") from None
+                         f"{', '.join(available_models())}): {reason}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import torch
 from conftest import make_shape_image
 
-from coat_hf import pretrained
+from coat_hf import COATConfig, COATModel, pretrained
 from coat_hf.cli import main
 
 TINY = ["--model", pretrained.UNTRAINED_MODEL]  # fixed 64 px model, whatever the default becomes
@@ -175,6 +176,12 @@ def test_errors_print_one_line_and_exit_2(pair, tmp_path, capsys):
     check_one_line_error(capsys, "n must be an integer in [0, 10], got 99")
     assert main([str(content), str(style), "-o", out, "--model", str(tmp_path)]) == 2  # a folder without a model
     check_one_line_error(capsys, "--model: cannot load")
+    broken = tmp_path / "broken"
+    COATModel(COATConfig.preset("tiny")).save_pretrained(broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "image_size": 65536}))
+    assert main([str(content), str(style), "-o", out, "--model", str(broken)]) == 2
+    check_one_line_error(capsys, "image_size must be a power of two from 8 to 1024, got 65536")
     assert main([str(content), str(style), "-o", out, "--seed", str(2**70), *TINY]) == 2
     check_one_line_error(capsys, f"seed must be an integer from -2**63 to 2**64 - 1, got {2**70}")
     assert not Path(out).exists()
