@@ -16,6 +16,8 @@ import argparse
 import csv
 import logging
 import os
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -79,21 +81,6 @@ def shown_in_page() -> Iterator[None]:
         yield
     except ValueError as err:
         raise gr.Error(str(err), title="Cannot run COAT on this input", print_exception=False) from None
-
-
-def image_path(value: Any, name: str) -> str | PIL.Image.Image:
-    """An image input as the event receives it (a Gradio file payload, a path or a PIL image) -> a path or image.
-
-    The events skip Gradio's own preprocessing so that a file that is not an image reaches
-    :func:`coat_hf.image_io.load_image`, whose ``ValueError`` names the input, instead of failing in Gradio.
-    """
-    if value is None:
-        raise ValueError(f"{name}: no image yet; upload, paste or take a photo")
-    if isinstance(value, dict):
-        if not value.get("path"):
-            raise ValueError(f"{name}: the upload did not arrive; please try again")
-        return value["path"]
-    return value
 
 
 def as_n(value: Any) -> Any:
@@ -168,12 +155,56 @@ def load_pipeline(model: str | os.PathLike | None = None) -> COATAppearanceTrans
     return pipeline(TASK, model=resolve_model(model))
 
 
-class COATDemo:
-    """The app's event handlers around one pipeline, and the page that wires them (:meth:`build`)."""
+NOT_UPLOADED = "{name}: only photos uploaded to this page can be used; please upload it again"
+"""The one answer to every input that is not an upload (a server path, a URL, a folder, a missing file): it
+says nothing about the server's files."""
 
-    def __init__(self, pipe: COATAppearanceTransferPipeline) -> None:
+
+def is_inside(path: str, folder: str | os.PathLike) -> bool:
+    """Whether the resolved ``path`` lies below ``folder`` (resolved too)."""
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder and path != folder
+
+
+class COATDemo:
+    """The app's event handlers around one pipeline, and the page that wires them (:meth:`build`).
+
+    Args:
+        pipe: the pipeline that runs the transfers.
+        input_folders: folders whose files the events accept besides Gradio's upload folder (the app's
+            examples); any other path or URL a request names is refused.
+    """
+
+    def __init__(self, pipe: COATAppearanceTransferPipeline, input_folders: Sequence[str | os.PathLike] = ()) -> None:
         self.pipe = pipe
         self.config = pipe.model.config
+        self.input_folders = list(input_folders)
+
+    def load_input(self, value: Any, name: str) -> PIL.Image.Image:
+        """An image input as the event receives it (a Gradio file payload, a path or a PIL image) -> the image.
+
+        The events skip Gradio's own preprocessing so that a file that is not an image reaches
+        :func:`coat_hf.image_io.load_image`, whose ``ValueError`` names the input, instead of failing in Gradio.
+        So this is where a payload is checked: its file must be one Gradio stored for an upload (in
+        ``gr.utils.get_upload_folder()``, which is where example files are copied as well) or lie in
+        ``input_folders``. Anything else, a server path or URL a request names, gets :data:`NOT_UPLOADED`; and
+        errors name the file, never its path on the server.
+        """
+        if value is None:
+            raise ValueError(f"{name}: no image yet; upload, paste or take a photo")
+        if isinstance(value, PIL.Image.Image):
+            return load_image(value, name)
+        path = value.get("path") if isinstance(value, dict) else value
+        if not path:
+            raise ValueError(f"{name}: the upload did not arrive; please try again")
+        try:
+            path = os.path.realpath(os.fspath(path))
+            accepted = any(is_inside(path, folder) for folder in [gr.utils.get_upload_folder(), *self.input_folders])
+        except (TypeError, ValueError):  # not a path at all, or one with a NUL byte
+            accepted = False
+        if not (accepted and os.path.isfile(path)):
+            raise ValueError(NOT_UPLOADED.format(name=name))
+        return load_image(path, name, label=Path(path).name)
 
     @property
     def num_modulation_layers(self) -> int:
@@ -200,8 +231,8 @@ class COATDemo:
         """
         with shown_in_page():
             progress(0.1, desc="Loading the images")
-            content = load_image(image_path(content, "content"), "content")
-            style = load_image(image_path(style, "style"), "style")
+            content = self.load_input(content, "content")
+            style = self.load_input(style, "style")
             progress(0.3, desc="Transferring")
             out = self.pipe(content, style, n=as_n(n), return_correspondence=True, correspondence_scale=scale,
                             seed=SEED)
@@ -216,8 +247,8 @@ class COATDemo:
               ) -> list[tuple[PIL.Image.Image, str]]:
         """The result for every n in 0..K, captioned ``n = ...``: the most style at n = 0, the content at n = K."""
         with shown_in_page():
-            content = load_image(image_path(content, "content"), "content")
-            style = load_image(image_path(style, "style"), "style")
+            content = self.load_input(content, "content")
+            style = self.load_input(style, "style")
             k = self.num_modulation_layers
             strip = []
             for n in progress.tqdm(range(k + 1), desc="Sweeping n"):
@@ -268,7 +299,7 @@ class COATDemo:
                                columns=k + 1, rows=1, height=STRIP_HEIGHT, object_fit="contain", elem_id="strip")
             if examples:
                 gr.Examples(examples, inputs=[content, style], label="Example pairs (content, style)")
-            # preprocess=False: bad files reach the pipeline's loader, whose errors are readable (see image_path).
+            # preprocess=False: bad files reach the pipeline's loader, whose errors are readable (see load_input).
             run.click(self.transfer, [content, style, n, scale], [result, matches, count, heatmap],
                       api_name="transfer", preprocess=False)
             sweep.click(self.sweep, [content, style], strip, api_name="sweep", preprocess=False)
@@ -301,12 +332,15 @@ def serve(page: gr.Blocks, host: str | None = None, port: int | None = None, **l
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        examples = build_examples(tempfile.mkdtemp(prefix="coat-examples-"), args.examples)
-    except ValueError as err:
-        raise SystemExit(f"app.py: {err}") from None
-    demo = COATDemo(load_pipeline(args.model))
-    serve(demo.build(examples), args.host, args.port, share=args.share)
+    # SIGTERM (how Spaces and most supervisors stop a server) unwinds like Ctrl-C, so the examples' folder goes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    with tempfile.TemporaryDirectory(prefix="coat-examples-") as folder:
+        try:
+            examples = build_examples(folder, args.examples)
+        except ValueError as err:
+            raise SystemExit(f"app.py: {err}") from None
+        demo = COATDemo(load_pipeline(args.model), input_folders=[folder])
+        serve(demo.build(examples), args.host, args.port, share=args.share)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@
     coat-transfer --pairs pairs.csv --out-dir DIR [--batch-size B]
     coat-transfer --list-models
 
-Errors print one line and exit with status 2.
+Errors print one line and exit with status 2. With ``--pairs``, a row that fails does not stop the others:
+each failed row prints its own line (naming the CSV line) and the exit status is 2 at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,39 @@ from .pipeline_coat import OUTPUT_SIZES, TASK, COATAppearanceTransferPipeline
 from .pretrained import available_models, default_model, resolve_model
 
 PROG = "coat-transfer"
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def _file_key(path: str | os.PathLike) -> str:
+    """What tells two paths to the same file apart, links and ``..`` resolved (the file need not exist)."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _writable(path: Path) -> bool:
+    """Whether PIL can write an image in the format of ``path``'s extension."""
+    PIL.Image.init()
+    return PIL.Image.registered_extensions().get(path.suffix.lower()) in PIL.Image.SAVE
+
+
+def _device_error(name: str) -> str | None:
+    """Why ``--device name`` cannot run COAT here, or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"not a device: {name!r}"
+    if device.type not in DEVICE_TYPES:
+        return f"{name!r} cannot run COAT; use cpu, cuda or cuda:N (or mps on Apple silicon)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available on this machine"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available on this machine"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,45 +106,78 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("give CONTENT STYLE -o OUT.png, or --pairs CSV --out-dir DIR")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    inputs = {_file_key(path): name for name, path in (("content", args.content), ("style", args.style))
+              if path and not _is_url(path)}
     for flag, path in (("--output", args.output), ("--correspondence", args.correspondence)):
-        if path is not None and path.suffix.lower() not in PIL.Image.registered_extensions():
-            parser.error(f"{flag}: unknown image format {path.suffix or '(no extension)'!r} in {path}")
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            parser.error(f"--device: not a device: {args.device!r}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error("--device: CUDA is not available on this machine")
+        if path is None:
+            continue
+        if not _writable(path):
+            parser.error(f"{flag}: cannot write the image format {path.suffix or '(no extension)'!r} of {path}")
+        if _file_key(path) in inputs:
+            parser.error(f"{flag}: {path} is the {inputs[_file_key(path)]} image; refusing to overwrite an input")
+    if args.output and args.correspondence and _file_key(args.output) == _file_key(args.correspondence):
+        parser.error("--correspondence: the same file as --output")
+    if args.device is not None and (error := _device_error(args.device)):
+        parser.error(f"--device: {error}")
 
 
 def _read_pairs(csv_path: Path, out_dir: Path) -> list[dict]:
-    """Rows of the CSV as {"line", "content", "style", "output"}, paths resolved (URLs kept as they are)."""
+    """Rows of the CSV as {"line", "content", "style", "output"}, paths resolved (URLs kept as they are).
+
+    Outputs must be relative paths inside ``out_dir`` (no ``..``), each row's its own, and none may be an input.
+    """
     if not csv_path.is_file():
         raise ValueError(f"--pairs: file not found: {csv_path}")
-
-    def resolve(value: str, folder: Path) -> str:
-        return value if value.startswith(("http://", "https://")) else str(folder / value)
-
+    out_root = _file_key(out_dir)
+    inputs: dict[str, int] = {}  # input file -> the first line that reads it
+    outputs: dict[str, int] = {}
+    rows = []
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        if not {"content", "style"} <= columns:
-            raise ValueError(f"--pairs: {csv_path} needs the columns content,style[,output]; got {sorted(columns)}")
-        rows = []
-        for row in reader:
-            line = reader.line_num
-            content, style = (row.get("content") or "").strip(), (row.get("style") or "").strip()
-            if not content or not style:
-                raise ValueError(f"--pairs: {csv_path} line {line}: empty content or style")
-            output = (row.get("output") or "").strip() or f"{len(rows):04d}_{Path(content).stem}_{Path(style).stem}.png"
-            if Path(output).suffix.lower() not in PIL.Image.registered_extensions():
-                raise ValueError(f"--pairs: {csv_path} line {line}: unknown image format for output {output!r}")
-            rows.append({"line": line, "content": resolve(content, csv_path.parent),
-                         "style": resolve(style, csv_path.parent), "output": out_dir / output})
+        try:
+            columns = set(reader.fieldnames or ())
+            if not {"content", "style"} <= columns:
+                raise ValueError(f"--pairs: {csv_path} needs the columns content,style[,output]; got {sorted(columns)}")
+            for row in reader:
+                row = _pair_row(row, reader.line_num, csv_path, out_dir, len(rows))
+                where = f"--pairs: {csv_path} line {row['line']}"
+                for key in ("content", "style"):
+                    if not _is_url(row[key]):
+                        inputs.setdefault(_file_key(row[key]), row["line"])
+                output = _file_key(row["output"])
+                if os.path.commonpath([output, out_root]) != out_root:
+                    raise ValueError(f"{where}: output {str(row['output'])!r} leads out of --out-dir")
+                if output in outputs:
+                    raise ValueError(f"{where}: output {str(row['output'])!r} is also line {outputs[output]}'s")
+                outputs[output] = row["line"]
+                rows.append(row)
+        except csv.Error as err:  # raised before the reader counts the line it is in
+            raise ValueError(f"--pairs: {csv_path} line {reader.line_num + 1}: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--pairs: {csv_path} is not UTF-8 text ({err.reason})") from None
+    for output, line in outputs.items():
+        if output in inputs:
+            raise ValueError(f"--pairs: {csv_path} line {line}: the output would overwrite an input image of line "
+                             f"{inputs[output]}")
     if not rows:
         raise ValueError(f"--pairs: {csv_path} has no pairs")
     return rows
+
+
+def _pair_row(row: dict, line: int, csv_path: Path, out_dir: Path, index: int) -> dict:
+    """One CSV row as {"line", "content", "style", "output"}; relative inputs are read from the CSV's folder."""
+    where = f"--pairs: {csv_path} line {line}"
+    content, style = (row.get("content") or "").strip(), (row.get("style") or "").strip()
+    if not content or not style:
+        raise ValueError(f"{where}: empty content or style")
+    output = (row.get("output") or "").strip() or f"{index:04d}_{Path(content).stem}_{Path(style).stem}.png"
+    if Path(output).is_absolute() or ".." in Path(output).parts:
+        raise ValueError(f"{where}: output {output!r} must be a relative path inside --out-dir, without '..'")
+    if not _writable(Path(output)):
+        raise ValueError(f"{where}: cannot write the image format of output {output!r}")
+    return {"line": line, **{key: value if _is_url(value) else str(csv_path.parent / value)
+                             for key, value in (("content", content), ("style", style))},
+            "output": out_dir / output}
 
 
 def _save(image: PIL.Image.Image, path: Path) -> None:
@@ -117,17 +185,32 @@ def _save(image: PIL.Image.Image, path: Path) -> None:
     image.save(path)
 
 
-def _run_pairs(pipe: COATAppearanceTransferPipeline, rows: list[dict], args: argparse.Namespace, params: dict) -> None:
+def _run_pairs(pipe: COATAppearanceTransferPipeline, rows: list[dict], args: argparse.Namespace, params: dict
+               ) -> list[str]:
+    """Transfer every row, ``args.batch_size`` pairs per model call. A row whose images cannot be read or whose
+    result cannot be written does not stop the others; returns those rows' errors, each naming its line."""
+    failures, written = [], 0
     with tqdm(total=len(rows), unit="pair", desc=PROG) as bar:
         for start in range(0, len(rows), args.batch_size):
-            chunk = rows[start : start + args.batch_size]
-            # Loaded here so that an error names the CSV line.
-            inputs = [{key: load_image(row[key], f"{args.pairs} line {row['line']}: {key}")
-                       for key in ("content", "style")} for row in chunk]
-            for row, result in zip(chunk, pipe(inputs, batch_size=args.batch_size, **params)):
-                _save(result["image"], row["output"])
-            bar.update(len(chunk))
-    print(f"wrote {len(rows)} images to {args.out_dir}")
+            chunk, inputs = [], []
+            for row in rows[start : start + args.batch_size]:
+                where = f"{args.pairs} line {row['line']}"
+                try:
+                    inputs.append({key: load_image(row[key], f"{where}: {key}") for key in ("content", "style")})
+                    chunk.append(row)
+                except ValueError as err:
+                    failures.append(str(err))
+            for row, result in zip(chunk, pipe(inputs, batch_size=args.batch_size, **params) if inputs else ()):
+                try:
+                    _save(result["image"], row["output"])
+                    written += 1
+                except (OSError, ValueError) as err:
+                    failures.append(f"{args.pairs} line {row['line']}: cannot write {row['output']}: "
+                                    f"{getattr(err, 'strerror', None) or err}")
+            bar.update(min(args.batch_size, len(rows) - start))
+    failed = f"; {len(failures)} of {len(rows)} pairs failed" if failures else ""
+    print(f"wrote {written} images to {args.out_dir}{failed}")
+    return failures
 
 
 def _load_pipeline(model: str | None, device: str | None) -> COATAppearanceTransferPipeline:
@@ -135,9 +218,11 @@ def _load_pipeline(model: str | None, device: str | None) -> COATAppearanceTrans
     try:
         return pipeline(TASK, model=resolve_model(model), device=device)
     except (OSError, ValueError) as err:
-        first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
+        lines = (str(err).strip() or type(err).__name__).splitlines()
+        # transformers' pipeline wraps the loader's error, traceback and all: its last line is the reason.
+        reason = lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0]
         raise ValueError(f"--model: cannot load {model or default_model()!r} (bundled models: "
-                         f"{', '.join(available_models())}): {first_line}") from None
+                         f"{', '.join(available_models())}): {reason}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,8 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipe = _load_pipeline(args.model, args.device)
         params = {"n": args.n, "seed": args.seed, "output_size": args.output_size}
         if args.pairs is not None:
-            _run_pairs(pipe, rows, args, params)
-            return 0
+            failures = _run_pairs(pipe, rows, args, params)
+            for failure in failures:
+                print(f"{PROG}: error: {failure}", file=sys.stderr)
+            return 2 if failures else 0
         result = pipe(*images, return_correspondence=args.correspondence is not None, **params)
         _save(result["image"], args.output)
         print(f"wrote {args.output}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -32,6 +33,68 @@ _PRESETS: dict[str, dict[str, Any]] = {
         default_n=6,
     ),
 }
+
+
+MAX_IMAGE_SIZE = 1024
+"""Largest ``image_size`` (StyleGAN2's largest generators are 1024 px); more would allocate without bound."""
+
+MAX_WIDTH = 4096
+"""Largest channel count or style dimension (StyleGAN2 uses 512)."""
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or (isinstance(value, (list, tuple)) and len(value) > 0
+                                           and all(check(v) for v in value))
+
+
+_FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(("image_size", "in_channels", "style_dim", "alignment_block_size", "ccl_num_positions"),
+                    (_is_int, "an integer")),
+    "default_n": (lambda value: value is None or _is_int(value), "an integer"),
+    **dict.fromkeys(("encoder_channels", "decoder_channels", "style_scales"),
+                    (_list_of(_is_int), "a non-empty list of integers")),
+    "blur_kernel": (_list_of(_is_number), "a non-empty list of numbers"),
+    **dict.fromkeys(("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "ccl_temperature",
+                     "ccl_negative_threshold"), (_is_number, "a finite number")),
+    **dict.fromkeys(("noise_mode", "lpips_net", "reg_type", "ccl_hard_negative_rule"),
+                    (lambda value: isinstance(value, str), "a string")),
+    "use_alignment": (lambda value: isinstance(value, bool), "true or false"),
+}
+"""Each argument's type check and its description: a config.json may hold anything."""
+
+
+def _check_types(values: dict[str, Any]) -> None:
+    for name, (check, expected) in _FIELD_TYPES.items():
+        if not check(values[name]):
+            raise ValueError(f"{name} must be {expected}, got {values[name]!r}")
+
+
+def _check_sizes(values: dict[str, Any]) -> None:
+    """Sizes within sane limits, so that a config.json asking for absurd ones fails before allocating."""
+    image_size = values["image_size"]
+    if not 8 <= image_size <= MAX_IMAGE_SIZE or 2 ** int(math.log2(image_size)) != image_size:
+        raise ValueError(f"image_size must be a power of two from 8 to {MAX_IMAGE_SIZE}, got {image_size}")
+    widths = {"in_channels": [values["in_channels"]], "style_dim": [values["style_dim"]],
+              "encoder_channels": values["encoder_channels"] or [], "decoder_channels": values["decoder_channels"] or []}
+    for name, numbers in widths.items():
+        if not all(1 <= n <= MAX_WIDTH for n in numbers):
+            raise ValueError(f"{name} must be from 1 to {MAX_WIDTH}, got {values[name]}")
+    resolutions = int(math.log2(image_size)) - 1  # 4, 8, ..., image_size
+    if values["decoder_channels"] is not None and len(values["decoder_channels"]) != resolutions:
+        raise ValueError(f"decoder_channels needs {resolutions} widths (resolutions 4 to {image_size}), got "
+                         f"{len(values['decoder_channels'])}")
+    if values["blur_kernel"] is not None and len(values["blur_kernel"]) > 16:
+        raise ValueError(f"blur_kernel has {len(values['blur_kernel'])} taps; at most 16")
+    for name in ("alignment_block_size", "ccl_num_positions"):
+        if not 1 <= values[name] <= 2**20:
+            raise ValueError(f"{name} must be from 1 to {2**20}, got {values[name]}")
 
 
 def stylegan2_channels(image_size: int, channel_multiplier: int = 2, max_channels: int = 512) -> list[int]:
@@ -90,8 +153,9 @@ class COATConfig(PretrainedConfig):
         noise_mode: str = "random",
         **kwargs: Any,
     ) -> None:
-        if image_size < 8 or 2 ** int(math.log2(image_size)) != image_size:
-            raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+        fields = {name: value for name, value in locals().items() if name in _FIELD_TYPES}  # the arguments
+        _check_types(fields)
+        _check_sizes(fields)
         self.image_size = image_size
         self.in_channels = in_channels
         self.encoder_channels = list(encoder_channels or [32, 64, 96])

@@ -43,6 +43,7 @@ import logging
 import math
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -203,15 +204,36 @@ def load_network_pickle(file: str | Path | BinaryIO) -> Any:
         return RestrictedUnpickler(file).load()
 
 
+MAX_MODULE_DEPTH = 32
+"""Deepest submodule nesting :func:`module_states` accepts (a StyleGAN2 generator nests 4 levels)."""
+
+
 def module_states(net: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
-    """The ``__dict__`` of a stand-in ``torch.nn.Module`` and of all its submodules, keyed by dotted path."""
-    state = getattr(net, "state", None)
-    if not isinstance(net, NetworkStub) or not isinstance(state, dict) or not isinstance(state.get("_modules"), dict):
-        raise ValueError(f"{prefix or 'the network'} is not a pickled torch.nn.Module ({net!r})")
-    states = {prefix: state}
-    for name, child in state["_modules"].items():
-        if child is not None:
-            states.update(module_states(child, f"{prefix}.{name}" if prefix else name))
+    """The ``__dict__`` of a stand-in ``torch.nn.Module`` and of all its submodules, keyed by dotted path.
+
+    As in ``nn.Module.named_modules``, a submodule reachable by several paths (shared, or in a cycle) is listed
+    once, under the first: the walk is iterative and linear in the number of distinct modules, and nesting deeper
+    than :data:`MAX_MODULE_DEPTH` is refused.
+    """
+    states: dict[str, dict[str, Any]] = {}
+    seen: set[int] = set()
+    stack = [(prefix, net, 0)]
+    while stack:
+        path, module, depth = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        state = getattr(module, "state", None)
+        if not isinstance(module, NetworkStub) or not isinstance(state, dict) or not isinstance(state.get("_modules"),
+                                                                                                 dict):
+            raise ValueError(f"{path or 'the network'} is not a pickled torch.nn.Module ({module!r})")
+        if depth > MAX_MODULE_DEPTH:
+            raise ValueError(f"the network nests submodules deeper than {MAX_MODULE_DEPTH} levels; not a StyleGAN2 "
+                             "generator")
+        states[path] = state
+        children = [(f"{path}.{name}" if path else str(name), child, depth + 1)
+                    for name, child in state["_modules"].items() if child is not None]
+        stack.extend(reversed(children))  # pre-order, as a recursive walk would list them
     return states
 
 
@@ -220,7 +242,10 @@ def named_tensors(states: Mapping[str, Mapping[str, Any]]) -> dict[str, Tensor]:
     tensors = {}
     for path, state in states.items():
         for group in ("_parameters", "_buffers"):
-            for name, value in (state.get(group) or {}).items():
+            values = state.get(group) or {}
+            if not isinstance(values, Mapping):
+                raise ValueError(f"{path or 'the network'}.{group} is a {type(values).__name__}, not a dict")
+            for name, value in values.items():
                 if value is None:
                     continue
                 if not isinstance(value, Tensor):
@@ -409,6 +434,10 @@ def nvlabs_to_coat(tensors: Mapping[str, Tensor], attributes: Mapping[str, Mappi
 # Reading checkpoint files.
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
 def read_rosinality_checkpoint(path: str | Path, **kwargs: Any) -> ImportedGenerator:
     """A rosinality ``.pt`` (``g_ema`` [+ ``latent_avg``], or a bare generator state dict), loaded with
     ``weights_only=True`` (``argparse.Namespace`` training args allowed). ``kwargs`` go to
@@ -418,6 +447,9 @@ def read_rosinality_checkpoint(path: str | Path, **kwargs: Any) -> ImportedGener
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ValueError(f"{path} holds more than tensors and plain containers, so it is not read: {error}") from error
+    except (RuntimeError, EOFError, OSError) as error:  # torch's reader on a truncated or empty file
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt): {_first_line(error)}"
+                         ) from error
     if isinstance(checkpoint, Mapping) and "g_ema" in checkpoint:
         return rosinality_to_coat(checkpoint["g_ema"], checkpoint.get("latent_avg"), **kwargs)
     if isinstance(checkpoint, Mapping) and "input.input" in checkpoint:
@@ -428,7 +460,13 @@ def read_rosinality_checkpoint(path: str | Path, **kwargs: Any) -> ImportedGener
 
 def read_nvlabs_pickle(path: str | Path, **kwargs: Any) -> ImportedGenerator:
     """An NVlabs ``.pkl``: its ``G_ema`` (else ``G``) read with :class:`RestrictedUnpickler`."""
-    data = load_network_pickle(path)
+    try:
+        data = load_network_pickle(path)
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+        raise ValueError(f"{path} is not a readable network pickle (truncated or corrupt): {_first_line(error)}"
+                         ) from error
     if isinstance(data, tuple) and any(getattr(x, "qualified_name", "").startswith("dnnlib.tflib") for x in data):
         raise ValueError(f"{path} is a TensorFlow StyleGAN2 pickle: convert it first with rosinality's "
                          "convert_weight.py (to a .pt) or NVlabs' legacy.py (to a PyTorch .pkl)")
@@ -569,8 +607,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         model = convert_checkpoint(args.checkpoint, args.out, args.format, args.preset, args.encoder_channels,
                                    args.seed)
-    except (ValueError, pickle.UnpicklingError) as error:
-        parser.error(str(error))
+    except (ValueError, pickle.UnpicklingError) as error:  # one line, exit status 2, as for usage errors
+        print(f"{parser.prog}: error: {_first_line(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
     config, k = model.config, model.num_modulation_layers
     print(f"Imported a {config.image_size} px StyleGAN2 decoder (widths {config.decoder_channels}, "
           f"{config.style_dim}-d styles, K = {k} modulation layers, n in 0..{k})")

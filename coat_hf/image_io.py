@@ -6,18 +6,21 @@ Every loading failure becomes a ``ValueError`` whose message starts with the arg
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import struct
+import threading
+import time
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import PIL.Image
 import requests
 import torch
 from diffusers.utils import load_image as diffusers_load_image
-from diffusers.utils.constants import DIFFUSERS_REQUEST_TIMEOUT
 from torch import Tensor
 from torchvision.transforms import v2
 
@@ -30,8 +33,32 @@ MAX_IMAGE_PIXELS = 50_000_000
 """Images above this many pixels (50 megapixels) are refused, before decoding where the format allows
 (decompression-bomb guard; PIL's own, larger limit is also turned into a ``ValueError``)."""
 
-MAX_DOWNLOAD_BYTES = 100 * 2**20
-"""Largest URL download accepted (100 MiB)."""
+
+
+def _positive_setting(variable: str, default: float, kind: type) -> Any:
+    """``kind(os.environ[variable])`` if set (a positive number, else ``ValueError`` naming it), else ``default``."""
+    text = os.environ.get(variable)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ValueError(f"{variable} must be a positive {kind.__name__}, got {text!r}")
+    return value
+
+
+DOWNLOAD_TIMEOUT: float = _positive_setting("COAT_DOWNLOAD_TIMEOUT", 20.0, float)
+"""Total time allowed for one URL download, in seconds: connecting, headers and body together (default 20;
+environment variable ``COAT_DOWNLOAD_TIMEOUT``). A slower download is abandoned with a ``ValueError``."""
+
+MAX_DOWNLOAD_BYTES: int = _positive_setting("COAT_MAX_DOWNLOAD_BYTES", 100 * 2**20, int)
+"""Largest URL download accepted, in bytes (default 100 MiB; environment variable ``COAT_MAX_DOWNLOAD_BYTES``)."""
+
+_DOWNLOAD_CHUNK = 2**16
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_ICO_MAGIC = b"\x00\x00\x01\x00"
 
 _INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit, and 32-bit integer greyscale
 
@@ -60,6 +87,11 @@ def _check_size(size: tuple[int, int], name: str) -> None:
     width, height = size
     if min(width, height) < MIN_IMAGE_SIDE:
         raise ValueError(f"{name}: the image is {width}x{height}; both sides must be at least {MIN_IMAGE_SIDE} px")
+    _check_pixels(size, name)
+
+
+def _check_pixels(size: tuple[int, int], name: str) -> None:
+    width, height = size
     if width * height > MAX_IMAGE_PIXELS:
         raise ValueError(
             f"{name}: the image is {width}x{height} = {width * height:,} pixels, above the limit of "
@@ -67,24 +99,87 @@ def _check_size(size: tuple[int, int], name: str) -> None:
         )
 
 
-def _fetch(url: str, name: str) -> io.BytesIO:
-    """Download ``url`` (at most :data:`MAX_DOWNLOAD_BYTES`) into memory."""
+def _read_url(url: str, name: str, label: str, timeout: float, limit: int, stop: threading.Event) -> bytes:
+    """The body of ``url``, refused above ``limit`` bytes; gives up early once ``stop`` is set."""
+    too_large = ValueError(f"{name}: {label} is larger than {limit:,} bytes (coat_hf.image_io.MAX_DOWNLOAD_BYTES)")
     try:
-        with requests.get(url, stream=True, timeout=DIFFUSERS_REQUEST_TIMEOUT) as response:
+        with requests.get(url, stream=True, timeout=timeout) as response:
             response.raise_for_status()
-            data = response.raw.read(MAX_DOWNLOAD_BYTES + 1, decode_content=True)
-    except requests.RequestException as err:
-        raise ValueError(f"{name}: could not download {url}: {err}") from None
-    if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ValueError(f"{name}: {url} is larger than {MAX_DOWNLOAD_BYTES:,} bytes")
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > limit:
+                raise too_large
+            data, size = [], 0
+            # read1: at most one socket read per call, so a server that drips bytes meets ``stop`` soon.
+            while size <= limit and not stop.is_set() and (
+                    chunk := response.raw.read1(_DOWNLOAD_CHUNK, decode_content=True)):
+                data.append(chunk)
+                size += len(chunk)
+    except (requests.RequestException, OSError) as err:
+        raise ValueError(f"{name}: could not download {label}: {err}") from None
+    if size > limit:
+        raise too_large
     if not data:
-        raise ValueError(f"{name}: {url} returned no data")
-    return io.BytesIO(data)
+        raise ValueError(f"{name}: {label} returned no data")
+    return b"".join(data)
+
+
+def _fetch(url: str, name: str, label: str) -> io.BytesIO:
+    """Download ``url`` into memory: at most :data:`MAX_DOWNLOAD_BYTES`, within :data:`DOWNLOAD_TIMEOUT` seconds.
+
+    The download runs in a daemon thread so that the deadline holds whatever the server does (a server that
+    drips bytes defeats per-read timeouts); past it the caller gets a ``ValueError`` and the thread stops at
+    its next read.
+    """
+    timeout, limit = DOWNLOAD_TIMEOUT, MAX_DOWNLOAD_BYTES
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def download() -> None:
+        try:
+            outcome["data"] = _read_url(url, name, label, timeout, limit, stop)
+        except Exception as err:  # handed to the caller's thread (urllib3's read errors among them)
+            outcome["error"] = err
+
+    thread = threading.Thread(target=download, name="coat-download", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        stop.set()
+        raise ValueError(f"{name}: downloading {label} took longer than {timeout:g} s "
+                         "(coat_hf.image_io.DOWNLOAD_TIMEOUT)")
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, ValueError):
+            raise ValueError(str(error)) from None
+        raise ValueError(f"{name}: could not download {label}: {error}") from None
+    return io.BytesIO(outcome["data"])
+
+
+def _check_ico_frames(source: str | io.BytesIO, name: str) -> None:
+    """Refuse an ICO file whose frames hold more than :data:`MAX_IMAGE_PIXELS` pixels.
+
+    An ICO directory, and so PIL's ``size``, may understate the PNG or BMP frames it points at, and PIL decodes
+    the frame as it opens the file; so the frames' own headers are read first.
+    """
+    with open(source, "rb") if isinstance(source, str) else contextlib.nullcontext(source) as fp:
+        header = fp.read(6)
+        if header[:4] == _ICO_MAGIC:
+            directory = fp.read(16 * int.from_bytes(header[4:6], "little"))
+            for entry in range(len(directory) // 16):
+                fp.seek(int.from_bytes(directory[16 * entry + 12 : 16 * entry + 16], "little"))
+                frame = fp.read(24)
+                if frame[:8] == _PNG_MAGIC and len(frame) == 24:
+                    _check_pixels(struct.unpack(">II", frame[16:24]), name)  # IHDR width, height
+                elif len(frame) >= 12:
+                    width, height = struct.unpack("<ii", frame[4:12])  # BITMAPINFOHEADER; height counts the mask
+                    _check_pixels((abs(width), abs(height) // 2), name)
+        fp.seek(0)
 
 
 def _open(source: str | io.BytesIO, name: str, label: str) -> PIL.Image.Image:
     """PIL's lazy open (reads the header only), with the size checked before any pixel is decoded."""
     try:
+        _check_ico_frames(source, name)
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
             image = PIL.Image.open(source)
@@ -93,21 +188,24 @@ def _open(source: str | io.BytesIO, name: str, label: str) -> PIL.Image.Image:
     except PIL.UnidentifiedImageError:
         raise ValueError(f"{name}: {label} is not an image PIL can read") from None
     except OSError as err:
-        raise ValueError(f"{name}: cannot read {label}: {err}") from None
+        raise ValueError(f"{name}: cannot read {label}: {err.strerror or err}") from None
     _check_size(image.size, name)
     return image
 
 
-def load_image(image: ImageInput, name: str = "image") -> PIL.Image.Image:
+def load_image(image: ImageInput, name: str = "image", label: str | None = None) -> PIL.Image.Image:
     """Load and check one input image; returns an 8-bit RGB PIL image, upright per its EXIF orientation.
 
     Args:
         image: a PIL image, a file path, an ``http(s)://`` URL, or a numpy array (H, W) or (H, W, C) uint8
             with C in 1, 3, 4.
         name: the argument's name, which starts every error message.
+        label: how error messages refer to a file or URL (default: the path or URL itself); a server that
+            must not show its paths passes the file's public name.
 
     Raises:
-        ValueError: missing, empty, truncated or non-image file, failed download, unsupported type, a side below
+        ValueError: missing, empty, truncated or non-image file, failed or too slow (:data:`DOWNLOAD_TIMEOUT`) or
+            too large (:data:`MAX_DOWNLOAD_BYTES`) download, unsupported type, a side below
             :data:`MIN_IMAGE_SIDE` or more than :data:`MAX_IMAGE_PIXELS` pixels.
     """
     if isinstance(image, np.ndarray):
@@ -122,17 +220,18 @@ def load_image(image: ImageInput, name: str = "image") -> PIL.Image.Image:
         _check_size(image.size, name)
     elif isinstance(image, (str, os.PathLike)):
         source = os.fspath(image)
+        label = source if label is None else label
         if source.startswith(("http://", "https://")):
-            image = _open(_fetch(source, name), name, source)
+            image = _open(_fetch(source, name, label), name, label)
         else:
             path = Path(source)
             if not path.exists():
-                raise ValueError(f"{name}: file not found: {source}")
+                raise ValueError(f"{name}: file not found: {label}")
             if not path.is_file():
-                raise ValueError(f"{name}: not a file: {source}")
+                raise ValueError(f"{name}: not a file: {label}")
             if path.stat().st_size == 0:
-                raise ValueError(f"{name}: the file is empty: {source}")
-            image = _open(source, name, source)
+                raise ValueError(f"{name}: the file is empty: {label}")
+            image = _open(source, name, label)
     else:
         raise ValueError(
             f"{name}: expected a PIL image, a file path, a URL or a uint8 numpy array, got {type(image).__name__}"

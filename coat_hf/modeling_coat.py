@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+from transformers.utils.loading_report import LoadStateDictInfo
 
 from .configuration_coat import COATConfig
 from .correspondence import ALIGNMENT_RULES, Correspondence, align_features
@@ -58,6 +59,15 @@ class COATPreTrainedModel(PreTrainedModel):
             init.zeros_(module.latent_avg)
         elif hasattr(module, "reset_parameters"):
             module.reset_parameters()
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info: LoadStateDictInfo) -> None:
+        """transformers' loading hook, extended: a checkpoint that lacks weights is refused, since they would
+        otherwise stay randomly initialised with only a logged warning."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        if loading_info.missing_keys:
+            missing = sorted(loading_info.missing_keys)
+            raise ValueError(f"the checkpoint lacks {len(missing)} of the model's weights ({', '.join(missing[:4])}"
+                             f"{', ...' if len(missing) > 4 else ''}); they would stay random")
 
 
 class COATModel(COATPreTrainedModel):

@@ -8,6 +8,7 @@ installed package, offline (see :mod:`coat_hf.pretrained`).
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,13 @@ logger = logging.get_logger(__name__)
 
 TASK = "coat-appearance-transfer"
 OUTPUT_SIZES = ("content", "model")
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""Seeds ``torch.Generator.manual_seed`` takes."""
+
+
+def _as_int(value: Any) -> Any:
+    """Integers of any kind (NumPy's included) as a Python ``int``; anything else (bools too) as it is."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
 def _pair(item: Any, index: int | None = None) -> dict:
@@ -139,6 +147,7 @@ class COATAppearanceTransferPipeline(Pipeline):
     ) -> tuple[dict, dict, dict]:
         forward_params: dict[str, Any] = {}
         postprocess_params: dict[str, Any] = {}
+        n, correspondence_scale, seed = _as_int(n), _as_int(correspondence_scale), _as_int(seed)
         if n is not None:
             forward_params["n"] = self.model._check_n(n)
         if output_size is not None:
@@ -160,8 +169,8 @@ class COATAppearanceTransferPipeline(Pipeline):
                 )
             postprocess_params["correspondence_scale"] = correspondence_scale
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise ValueError(f"seed must be an integer, got {seed!r}")
+            if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+                raise ValueError(f"seed must be an integer from -2**63 to 2**64 - 1, got {seed!r}")
             forward_params["seed"] = seed
         return {}, forward_params, postprocess_params
 

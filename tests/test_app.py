@@ -44,8 +44,9 @@ def photos(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def demo() -> app.COATDemo:
-    return app.COATDemo(app.load_pipeline(UNTRAINED_MODEL))
+def demo(tmp_path_factory) -> app.COATDemo:
+    """The handlers called directly, on files the tests write (the running server accepts only uploads)."""
+    return app.COATDemo(app.load_pipeline(UNTRAINED_MODEL), input_folders=[tmp_path_factory.getbasetemp()])
 
 
 # --- the functions ------------------------------------------------------------------------------------------
@@ -82,6 +83,39 @@ def test_transfer_accepts_gradio_payloads(demo, photos):
     from_paths = demo.transfer(str(content), str(style), 2, 1)
     assert np.array_equal(np.asarray(from_payload[0]), np.asarray(from_paths[0]))
     assert from_payload[2] == from_paths[2]
+
+
+def test_only_uploaded_files_are_accepted_and_refusals_reveal_nothing(demo, photos, tmp_path, monkeypatch):
+    """Gradio's upload folder (and the app's own folders) only: a server path, a URL, a folder, a missing file,
+    a ``..`` or a link out of the upload folder all get the same answer, which names no path."""
+    uploads = tmp_path / "uploads"
+    (uploads / "hash").mkdir(parents=True)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    server_side = app.COATDemo(demo.pipe)
+    uploaded = save_photo(uploads / "hash" / "photo.png", 1)
+    (uploads / "hash" / "link.png").symlink_to(photos[0])
+    refused = ["/etc/shadow", "/nonexistent/x", "/root", "/", str(photos[0]), "http://127.0.0.1:9/x.png",
+               f"{uploads}/hash/../../{photos[0].parent.name}/{photos[0].name}", str(uploads / "hash" / "link.png"),
+               str(uploads / "hash" / "missing.png"), str(uploads / "hash"), "photo.png", "a\0b"]
+    answers = set()
+    for path in refused:
+        for value in ({"path": path}, {"path": path, "meta": {"_type": "gradio.FileData"}}, path):
+            with pytest.raises(gr.Error) as err:
+                server_side.transfer(value, str(uploaded), 1, 0)
+            answers.add(err.value.message)
+    assert answers == {app.NOT_UPLOADED.format(name="content")}
+    assert "/" not in answers.pop()
+    for value in (None, {"path": ""}, {"url": "x"}):
+        with pytest.raises(gr.Error) as err:
+            server_side.sweep(str(uploaded), value)
+        assert err.value.message.startswith("style: ")
+    result = server_side.transfer({"path": str(uploaded)}, str(uploaded), 1, 0)
+    assert np.array_equal(np.asarray(result[0]), np.asarray(demo.transfer(str(uploaded), str(uploaded), 1, 0)[0]))
+    # An uploaded file that is not an image: the error names the file, not where the server keeps it.
+    (uploads / "hash" / "notes.png").write_text("not a photo")
+    with pytest.raises(gr.Error) as err:
+        server_side.transfer(str(uploads / "hash" / "notes.png"), str(uploaded), 1, 0)
+    assert err.value.message == "content: notes.png is not an image PIL can read"
 
 
 def test_sweep_renders_every_n(demo, photos):
@@ -183,15 +217,76 @@ def test_command_line(monkeypatch):
     assert (args.model, args.port, args.host, args.share, args.examples) == ("other", 8000, "0.0.0.0", True, "x")
 
 
+def test_main_removes_its_examples_folder(demo, tmp_path, monkeypatch):
+    """Each start writes the examples into a fresh temporary folder, accepted as input while the app runs and
+    removed when it stops (also on SIGTERM, see test_python_app_py_binds_where_spaces_says)."""
+    monkeypatch.setattr(app.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(app, "load_pipeline", lambda model: demo.pipe)
+    served = []
+
+    def serve(page, host, port, **kwargs):
+        folder = next(tmp_path.glob("coat-examples-*"))
+        served.append((folder, sorted(p.name for p in folder.iterdir())))
+
+    monkeypatch.setattr(app, "serve", serve)
+    monkeypatch.setattr(app.signal, "signal", lambda signum, handler: None)  # main's SIGTERM handler: not in pytest
+    app.main([])
+    (folder, files), = served
+    assert len(files) == 2 * len(app.bundled_pairs()) > 0
+    assert not folder.exists() and list(tmp_path.glob("coat-examples-*")) == []
+
+
 # --- the running server -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    page = app.serve(demo.build(app.build_examples(tmp_path_factory.mktemp("examples"))), "127.0.0.1", free_port(),
-                     prevent_thread_lock=True, quiet=True)
+    """The app as ``main`` serves it: it accepts uploads and its own examples, not the tests' files."""
+    examples = tmp_path_factory.mktemp("examples")
+    page = app.serve(app.COATDemo(demo.pipe, input_folders=[examples]).build(app.build_examples(examples)),
+                     "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
     yield page
     page.close()
+
+
+@pytest.fixture
+def loopback_server(monkeypatch):
+    """An HTTP server on 127.0.0.1 that answers every GET with a PNG and counts the requests."""
+    import http.server
+    import threading
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            body = (REPO / "tests" / "conftest.py").read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+    server.server_close()
+
+
+def call_api(server, *data) -> str:
+    """POST ``data`` to /gradio_api/call/transfer as any HTTP client can; returns the event stream's text."""
+    import json
+
+    request = urllib.request.Request(f"{server.local_url}gradio_api/call/transfer", json.dumps({"data": data}).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        event = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{server.local_url}gradio_api/call/transfer/{event}", timeout=120) as response:
+        return response.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -231,13 +326,40 @@ def test_client_sweep(client, demo, photos):
     assert strip[0]["caption"] == "n = 0" and PIL.Image.open(strip[0]["image"]).size == (64, 64)
 
 
+def test_http_api_refuses_server_paths_and_urls(server, client, photos, loopback_server):
+    """Payloads that name a file on the server or a URL, through the bare HTTP API and through gradio_client:
+    one refusal for all, nothing about the server in it, and the server fetches nothing."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    url, requests = loopback_server
+    meta = {"_type": "gradio.FileData"}
+    payloads = [{"path": path} for path in ("/etc/shadow", "/nonexistent/x", "/root", str(photos[0]), f"{url}/x.png")]
+    payloads += [{"path": "/etc/shadow", "meta": meta}, {"path": f"{url}/x.png", "meta": meta}, "/etc/shadow"]
+    uploaded = client.predict(handle_file(str(photos[0])), handle_file(str(photos[1])), 1, 0, api_name="/transfer")
+    assert uploaded[2] > 0
+    answers = set()
+    for payload in payloads:
+        text = call_api(server, payload, payload, 1, 0)
+        assert text.startswith("event: error"), text
+        answers.add(text.split("data: ", 1)[1].strip())
+        with pytest.raises(AppError) as err:
+            client.predict(payload, handle_file(str(photos[1])), 1, 0, api_name="/transfer")
+        answers.add(str(err.value))
+    for answer in answers:  # Gradio's own refusals (payloads with meta) say nothing at all
+        assert not any(word in answer for word in ("/etc", "/root", "nonexistent", "/tmp", str(photos[0].parent),
+                                                   "127.0.0.1", "refused", "found", "directory"))
+    assert any(app.NOT_UPLOADED.format(name="content") in answer for answer in answers)
+    assert requests == []
+
+
 def test_client_sees_readable_errors_and_the_server_keeps_serving(client, photos, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     text = tmp_path / "notes.txt"
     text.write_text("not a photo")
-    with pytest.raises(AppError, match="content: .* not an image"):
+    with pytest.raises(AppError, match="^content: notes.txt is not an image PIL can read$"):  # no server path
         client.predict(handle_file(str(text)), handle_file(str(photos[1])), 1, 0, api_name="/transfer")
     huge = tmp_path / "huge.png"
     PIL.Image.new("1", (8000, MAX_IMAGE_PIXELS // 8000 + 1)).save(huge)
@@ -251,8 +373,10 @@ def test_client_sees_readable_errors_and_the_server_keeps_serving(client, photos
 def test_python_app_py_binds_where_spaces_says(tmp_path):
     """``python app.py`` as Spaces runs it: host and port from GRADIO_SERVER_NAME/GRADIO_SERVER_PORT."""
     port = free_port()
+    temp = tmp_path / "temp"
+    temp.mkdir()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "COAT_MODEL": UNTRAINED_MODEL, "GRADIO_TEMP_DIR": str(tmp_path)}
+           "COAT_MODEL": UNTRAINED_MODEL, "GRADIO_TEMP_DIR": str(tmp_path), "TMPDIR": str(temp)}
     log = tmp_path / "app.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=env, stdout=out,
@@ -269,9 +393,11 @@ def test_python_app_py_binds_where_spaces_says(tmp_path):
                     raise AssertionError(f"app.py did not start:\n{log.read_text()}") from None
                 time.sleep(0.5)
         assert "Sweep all n" in config and "lower n = more of the style" in config.lower()
+        assert len(list(temp.glob("coat-examples-*"))) == 1
     finally:
         process.terminate()
         process.wait(timeout=30)
+    assert list(temp.glob("coat-examples-*")) == []  # SIGTERM removed the examples' folder
 
 
 # --- Spaces ---------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from conftest import make_shape_image
 
-from coat_hf import pretrained
+from coat_hf import COATConfig, COATModel, pretrained
 from coat_hf.cli import main
 
 TINY = ["--model", pretrained.UNTRAINED_MODEL]  # fixed 64 px model, whatever the default becomes
@@ -84,6 +86,87 @@ def test_pairs_csv_errors_name_the_file_and_line(pair, tmp_path, capsys):
     check_one_line_error(capsys, "has no pairs")
 
 
+def write_csv(path: Path, *rows: str, encoding: str = "utf-8") -> Path:
+    path.write_text("\n".join(rows) + "\n", encoding=encoding)
+    return path
+
+
+def test_pairs_outputs_stay_in_out_dir_and_never_clash(pair, tmp_path, capsys):
+    """Absolute or ``..`` outputs, a link out of --out-dir, two rows with one output, an output that is an
+    input: refused before the model loads, with one line naming the CSV line, and nothing is written."""
+    content, style = pair
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "elsewhere").symlink_to(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    csv_path = tmp_path / "pairs.csv"
+    cases = [
+        (f"{content},{style},{tmp_path / 'x.png'}", "must be a relative path inside --out-dir, without '..'"),
+        (f"{content},{style},../x.png", "must be a relative path inside --out-dir, without '..'"),
+        (f"{content},{style},sub/../../x.png", "must be a relative path inside --out-dir, without '..'"),
+        (f"{content},{style},elsewhere/x.png", "leads out of --out-dir"),
+        (f"{content},{style},a.png\n{style},{content},./a.png", "line 3: output"),
+        (f"{content},{style},a.png\n{style},{out_dir / 'a.png'},b.png", "line 2: the output would overwrite an "
+                                                                        "input image of line 3"),
+    ]
+    for row, message in cases:
+        write_csv(csv_path, "content,style,output", row)
+        assert main(["--pairs", str(csv_path), "--out-dir", str(out_dir), *TINY]) == 2
+        check_one_line_error(capsys, message)
+    write_csv(csv_path, "content,style,output", f"{content},{style},a.png", f"{style},{content},a.png")
+    assert main(["--pairs", str(csv_path), "--out-dir", str(out_dir)]) == 2
+    check_one_line_error(capsys, f"--pairs: {csv_path} line 3: output {str(out_dir / 'a.png')!r} is also line 2's")
+    assert sorted(tmp_path.rglob("*")) == sorted([*before, csv_path])
+
+
+def test_pairs_batch_goes_on_past_a_failed_row(pair, tmp_path, capsys):
+    content, style = pair
+    csv_path = write_csv(tmp_path / "pairs.csv", "content,style,output", f"{content},{style},1.png",
+                         f"{content},missing.png,2.png", f"{style},{content},3.png", f"gone.png,{style},4.png")
+    out_dir = tmp_path / "out"
+    assert main(["--pairs", str(csv_path), "--out-dir", str(out_dir), "--batch-size", "8", *TINY]) == 2
+    assert sorted(p.name for p in out_dir.iterdir()) == ["1.png", "3.png"]
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("coat-transfer: error:")]
+    assert [e.split(": ", 2)[2].split(":")[0] for e in errors] == [f"{csv_path} line 3", f"{csv_path} line 5"]
+    assert "style: file not found" in errors[0] and "content: file not found" in errors[1]
+    assert f"wrote 2 images to {out_dir}; 2 of 4 pairs failed" in captured.out
+    assert "Traceback" not in captured.err
+
+
+def test_unreadable_csvs_give_one_line_naming_pairs(pair, tmp_path, capsys):
+    content, style = pair
+    csv_path = tmp_path / "pairs.csv"
+    out = ["--out-dir", str(tmp_path / "out")]
+    write_csv(csv_path, "content,style", f"{content},{style}", f"{content},{'x' * (129 * 1024)}")
+    assert main(["--pairs", str(csv_path), *out]) == 2
+    check_one_line_error(capsys, f"--pairs: {csv_path} line 3: field larger than field limit")
+    write_csv(csv_path, "content,style", f"{content},{style}", "café.png,b.png", encoding="latin-1")
+    assert main(["--pairs", str(csv_path), *out]) == 2
+    check_one_line_error(capsys, f"--pairs: {csv_path} is not UTF-8 text")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["a.png", "b.png", "-o", "o.psd"], "--output: cannot write the image format '.psd'"),
+    (["a.png", "b.png", "-o", "o.png", "--correspondence", "c.psd"], "--correspondence: cannot write"),
+    (["a.png", "b.png", "-o", "./a.png"], "--output: a.png is the content image; refusing to overwrite"),
+    (["a.png", "b.png", "-o", "o.png", "--correspondence", "b.png"], "--correspondence: b.png is the style image"),
+    (["a.png", "b.png", "-o", "o.png", "--correspondence", "o.png"], "--correspondence: the same file as --output"),
+    (["a.png", "b.png", "-o", "o.png", "--device", "meta"], "--device: 'meta' cannot run COAT"),
+    pytest.param(["a.png", "b.png", "-o", "o.png", "--device", "mps"], "--device: MPS is not available",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
+    pytest.param(["a.png", "b.png", "-o", "o.png", "--device", "cuda:99"], "--device: ",
+                 marks=pytest.mark.skipif(torch.cuda.device_count() >= 100, reason="100 GPUs")),
+])
+def test_bad_outputs_and_devices_are_usage_errors(argv, message, capsys):
+    """Checked before anything is read or written: an exit status of 2 and one error line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"coat-transfer: error: {message}" in err and "Traceback" not in err
+
+
 def test_errors_print_one_line_and_exit_2(pair, tmp_path, capsys):
     content, style = pair
     out = str(tmp_path / "out.png")
@@ -93,6 +176,14 @@ def test_errors_print_one_line_and_exit_2(pair, tmp_path, capsys):
     check_one_line_error(capsys, "n must be an integer in [0, 10], got 99")
     assert main([str(content), str(style), "-o", out, "--model", str(tmp_path)]) == 2  # a folder without a model
     check_one_line_error(capsys, "--model: cannot load")
+    broken = tmp_path / "broken"
+    COATModel(COATConfig.preset("tiny")).save_pretrained(broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "image_size": 65536}))
+    assert main([str(content), str(style), "-o", out, "--model", str(broken)]) == 2
+    check_one_line_error(capsys, "image_size must be a power of two from 8 to 1024, got 65536")
+    assert main([str(content), str(style), "-o", out, "--seed", str(2**70), *TINY]) == 2
+    check_one_line_error(capsys, f"seed must be an integer from -2**63 to 2**64 - 1, got {2**70}")
     assert not Path(out).exists()
 
 

@@ -14,6 +14,9 @@ import importlib.util
 import math
 import os
 import pickle
+import re
+import struct
+import subprocess
 import sys
 import types
 from contextlib import contextmanager
@@ -530,3 +533,73 @@ def test_cli_then_training_keeps_the_imported_decoder_frozen(tmp_path: Path) -> 
     changed = [not torch.equal(p, converted.state_dict()[n]) for n, p in trained.state_dict().items()
                if n.startswith(("encoder.", "modulation_encoder."))]
     assert any(changed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile or broken files: bounded work, one line, exit status 2.
+
+
+def module_tree_pickle(levels: int, children: int, cycle: bool = False) -> bytes:
+    """A pickle ``{"G_ema": node}`` of ``training.networks.Node`` modules written opcode by opcode (pickling so
+    deep a tree would exhaust Python's own recursion): ``levels`` levels whose every node has ``children``
+    submodules all of which are the one node below (2**levels paths when children is 2); with ``cycle``, the
+    leaf's submodule is the root."""
+    def text(value: str) -> bytes:
+        return b"X" + struct.pack("<I", len(value)) + value.encode()
+
+    def get(index: int) -> bytes:
+        return b"j" + struct.pack("<I", index)
+
+    def node(index: int, child_memo: list[int]) -> bytes:  # NEWOBJ, memoised, then BUILD with its _modules
+        items = b"".join(text(f"m{i}") + get(memo) for i, memo in enumerate(child_memo))
+        return (b"ctraining.networks\nNode\n)\x81r" + struct.pack("<I", index) + b"}" + text("_modules") + b"}"
+                + (b"(" + items + b"u" if items else b"") + b"sb")
+
+    root = levels  # the cycle's leaf refers to the root's memo slot before the root exists: NEWOBJ it first
+    data = b"\x80\x02" + (b"ctraining.networks\nNode\n)\x81r" + struct.pack("<I", root) + b"0" if cycle else b"")
+    data += node(0, [root] if cycle else []) + b"0"
+    for index in range(1, levels):
+        data += node(index, [index - 1] * children) + b"0"
+    top = levels - 1
+    if cycle:  # the root: the object made first, given its state now
+        data += get(root) + b"}" + text("_modules") + b"}" + text("m0") + get(top) + b"s" + b"sb0"
+        top = root
+    return data + b"}" + text("G_ema") + get(top) + b"s."
+
+
+@pytest.mark.parametrize("levels, children, cycle, message", [
+    (30, 2, False, "not an NVlabs StyleGAN2 generator: synthesis blocks at"),  # 2**30 paths to 30 distinct modules
+    (20, 1, True, "not an NVlabs StyleGAN2 generator: synthesis blocks at"),
+    (5000, 1, False, "nests submodules deeper than 32 levels"),
+], ids=["shared", "cyclic", "deep"])
+def test_module_trees_are_walked_in_bounded_work(tmp_path: Path, capsys, levels, children, cycle, message) -> None:
+    path = tmp_path / "tree.pkl"
+    path.write_bytes(module_tree_pickle(levels, children, cycle))
+    data = load_network_pickle(path)
+    assert data["G_ema"].qualified_name == "training.networks.Node"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_truncated_and_empty_checkpoints_give_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    good = write_rosinality(tmp_path / "g.pt", rosinality_state(), torch.zeros(STYLE_DIM)).read_bytes()
+    nvlabs = pickle.dumps({"G_ema": list(range(100))})
+    files = {"truncated.pt": good[: len(good) // 2], "empty.pt": b"", "empty.pkl": b"",
+             "truncated.pkl": nvlabs[: len(nvlabs) // 2]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(tmp_path / name), "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "(truncated or corrupt)" in err, err
+    # As a module, in a fresh interpreter: the same line, no traceback.
+    done = subprocess.run([sys.executable, "-m", "coat_hf.convert_stylegan2", str(tmp_path / "empty.pkl"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"python -m coat_hf.convert_stylegan2: error: {tmp_path / 'empty.pkl'} is not a readable network pickle "
+        "(truncated or corrupt): Ran out of input"]

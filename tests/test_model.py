@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
@@ -37,6 +40,46 @@ def test_config_validation():
         COATConfig(alignment_temperature=0)
     with pytest.raises(ValueError, match="decoder_channels"):
         COATModel(COATConfig(image_size=64, decoder_channels=[8, 8]))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"image_size": 65536}, "image_size must be a power of two from 8 to 1024, got 65536"),
+    ({"image_size": 2048}, "image_size must be a power of two from 8 to 1024"),
+    ({"style_dim": 10**6}, "style_dim must be from 1 to 4096"),
+    ({"encoder_channels": [32, 10**5, 96]}, "encoder_channels must be from 1 to 4096"),
+    ({"decoder_channels": [96, 96, 64, 48, 0]}, "decoder_channels must be from 1 to 4096"),
+    ({"decoder_channels": [96] * 40}, "decoder_channels needs 5 widths"),
+    ({"alignment_block_size": 2**40}, "alignment_block_size must be from 1"),
+    ({"image_size": "64"}, "image_size must be an integer, got '64'"),
+    ({"style_dim": 64.0}, "style_dim must be an integer"),
+    ({"encoder_channels": "32,64"}, "encoder_channels must be a non-empty list of integers"),
+    ({"default_n": "3"}, "default_n must be an integer"),
+    ({"use_alignment": "yes"}, "use_alignment must be true or false"),
+    ({"lambda_mse": None}, "lambda_mse must be a finite number"),
+    ({"noise_mode": 1}, "noise_mode must be a string"),
+])
+def test_config_json_with_absurd_sizes_or_wrong_types_is_refused_before_allocating(tmp_path, change, message,
+                                                                                   monkeypatch):
+    """A model folder whose config.json asks for too much, or for the wrong type: a ValueError naming the field,
+    and not a byte of the model allocated."""
+    COATConfig.preset("tiny").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    monkeypatch.setattr(COATModel, "__init__", lambda *args: pytest.fail("the model was built"))
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_a_checkpoint_missing_a_weight_is_refused(tmp_path, tiny_model):
+    from safetensors.torch import load_file, save_file
+
+    tiny_model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["decoder.conv1.conv.weight"], weights["latent_avg"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"^the checkpoint lacks 2 of the model's weights \(decoder.conv1.conv.weight, "
+                                         r"latent_avg\); they would stay random"):
+        AutoModel.from_pretrained(tmp_path)
 
 
 def test_style_scales_coarse_from_deep():

@@ -5,12 +5,18 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import os
 import socket
+import struct
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFile
 import pytest
 import torch
 from conftest import make_shape_image
@@ -211,6 +217,73 @@ def test_urls(pipe, http_folder):
         pipe(f"{url}/notes.txt", f"{url}/b.jpg")
 
 
+def test_downloads_are_capped_in_size(pipe, images, http_folder, monkeypatch):
+    folder, url = http_folder
+    make_shape_image(64, 1).save(folder / "a.png")
+    size = (folder / "a.png").stat().st_size
+    monkeypatch.setattr(image_io, "MAX_DOWNLOAD_BYTES", size - 1)
+    with pytest.raises(ValueError, match=f"^content: {url}/a.png is larger than {size - 1:,} bytes"):
+        pipe(f"{url}/a.png", images["style"])
+    monkeypatch.setattr(image_io, "MAX_DOWNLOAD_BYTES", size)
+    assert pipe(f"{url}/a.png", images["style"])["image"].size == (64, 64)
+
+
+def serve_forever(handler: type[http.server.BaseHTTPRequestHandler]) -> tuple[http.server.HTTPServer, str]:
+    """A loopback HTTP server with ``handler`` on a daemon thread, and its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+class DripHandler(http.server.BaseHTTPRequestHandler):
+    """Sends a valid PNG's bytes one every 0.2 s, without a Content-Length (or, at /headers, drips the headers)."""
+
+    def do_GET(self):
+        body = io.BytesIO()
+        make_shape_image(64, 1).save(body, "PNG")
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Padding: " + b"x" * 50 + b"\r\n\r\n"
+        data = head + body.getvalue() if self.path == "/headers" else head[:-2] + b"\r\n" + body.getvalue()
+        sent = data.index(b"X-Padding") if self.path == "/headers" else len(head)
+        try:
+            self.wfile.write(data[:sent])
+            for i in range(sent, len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_slow_download_is_cut_off_at_the_deadline(pipe, images, monkeypatch, where):
+    """A server that drips bytes (each read succeeds quickly) still meets the total deadline."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(image_io, "DOWNLOAD_TIMEOUT", 1.5)
+    server, url = serve_forever(DripHandler)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ValueError, match=rf"^content: downloading {url}/{where} took longer than 1.5 s"):
+            pipe(f"{url}/{where}", images["style"])
+        assert time.monotonic() - start < 1.5 + 5  # generous margin on a busy machine
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_limits_come_from_the_environment():
+    code = "from coat_hf import image_io; print(image_io.DOWNLOAD_TIMEOUT, image_io.MAX_DOWNLOAD_BYTES)"
+    env = {**os.environ, "COAT_DOWNLOAD_TIMEOUT": "2.5", "COAT_MAX_DOWNLOAD_BYTES": "1000"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2.5", "1000"], done.stderr
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "COAT_DOWNLOAD_TIMEOUT": "soon"},
+                          capture_output=True, text=True, timeout=120)
+    assert "COAT_DOWNLOAD_TIMEOUT must be a positive float, got 'soon'" in done.stderr
+
+
 # --- parameters ---------------------------------------------------------------------------------------------
 
 
@@ -229,6 +302,15 @@ def test_n_at_both_ends(pipe, images):
 def test_bad_n(pipe, images, n):
     with pytest.raises(ValueError, match=r"^n must be an integer in \[0, 10\]"):
         pipe(images["content"], images["style"], n=n)
+
+
+def test_numpy_integers_are_accepted(pipe, images):
+    k = pipe.model.num_modulation_layers
+    expected = pixels(pipe(images["content"], images["style"], n=3, seed=1, correspondence_scale=1)["image"])
+    result = pipe(images["content"], images["style"], n=np.int64(3), seed=np.uint32(1),
+                  correspondence_scale=np.int8(1))["image"]
+    assert np.array_equal(pixels(result), expected)
+    assert pipe(images["content"], images["style"], n=np.int32(k))["image"].size == (48, 40)
 
 
 def test_bad_n_at_construction():
@@ -295,6 +377,10 @@ def test_seed_is_reproducible_and_matters(pipe, images):
     assert not np.array_equal(run(), run())  # fresh noise without a seed
     with pytest.raises(ValueError, match="^seed must be an integer"):
         run(seed="7")
+    for seed in (2**70, 2**64, -(2**63) - 1):
+        with pytest.raises(ValueError, match=rf"^seed must be an integer from -2\*\*63 to 2\*\*64 - 1, got {seed}"):
+            run(seed=seed)
+    assert np.array_equal(run(seed=2**64 - 1), run(seed=np.uint64(2**64 - 1)))
 
 
 def test_model_takes_one_generator_per_sample(pipe):
@@ -367,6 +453,23 @@ def test_pixel_limit_is_checked_before_decoding(pipe, images, tmp_path, monkeypa
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ValueError, match="^content: .* too large to decode safely"):
         pipe(images["content"], images["style"])
+
+
+def test_an_ico_that_understates_its_frame_is_refused_before_decoding(pipe, images, tmp_path, monkeypatch):
+    """An ICO directory that says 256x256 around a PNG frame of 81 MP: the frame's own header counts."""
+    frame = io.BytesIO()
+    PIL.Image.new("1", (9000, 9000)).save(frame, "PNG")  # a small file, 81 million pixels
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(frame.getvalue()), 22)
+    (tmp_path / "bomb.ico").write_bytes(ico + frame.getvalue())
+    decoded = []
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(ValueError, match="^content: the image is 9000x9000 = 81,000,000 pixels, above the limit"):
+        pipe(tmp_path / "bomb.ico", images["style"])
+    assert decoded == []
+    # An honest icon still loads.
+    monkeypatch.undo()
+    make_shape_image(64, 1).save(tmp_path / "fine.ico", sizes=[(64, 64), (32, 32)])
+    assert pipe(tmp_path / "fine.ico", images["style"])["image"].size == (64, 64)
 
 
 def test_wrong_types_and_shapes_of_inputs(pipe, images):
