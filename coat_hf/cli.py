@@ -14,16 +14,15 @@ import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import PIL.Image
-import torch
-from tqdm.auto import tqdm
-from transformers import pipeline
-from transformers.utils import logging as hf_logging
 
-from .image_io import load_image
-from .pipeline_coat import OUTPUT_SIZES, TASK, COATAppearanceTransferPipeline
-from .pretrained import available_models, default_model, resolve_model
+from .image_io import OUTPUT_SIZES, load_image
+from .pretrained import available_models, default_model, describe_model, resolve_model
+
+if TYPE_CHECKING:  # torch and transformers load after the arguments are checked: --help stays fast
+    from .pipeline_coat import COATAppearanceTransferPipeline
 
 PROG = "coat-transfer"
 
@@ -53,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed for the decoder's noise (reproducible results)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the first GPU if any, else cpu)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per model call with --pairs (default 8)")
-    parser.add_argument("--list-models", action="store_true", help="list the bundled models and exit")
+    parser.add_argument("--list-models", action="store_true",
+                        help="list the bundled models, one line each, and exit")
     return parser
 
 
@@ -75,6 +75,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         if path is not None and path.suffix.lower() not in PIL.Image.registered_extensions():
             parser.error(f"{flag}: unknown image format {path.suffix or '(no extension)'!r} in {path}")
     if args.device is not None:
+        import torch
+
         try:
             device = torch.device(args.device)
         except RuntimeError:
@@ -118,6 +120,8 @@ def _save(image: PIL.Image.Image, path: Path) -> None:
 
 
 def _run_pairs(pipe: COATAppearanceTransferPipeline, rows: list[dict], args: argparse.Namespace, params: dict) -> None:
+    from tqdm.auto import tqdm
+
     with tqdm(total=len(rows), unit="pair", desc=PROG) as bar:
         for start in range(0, len(rows), args.batch_size):
             chunk = rows[start : start + args.batch_size]
@@ -132,6 +136,10 @@ def _run_pairs(pipe: COATAppearanceTransferPipeline, rows: list[dict], args: arg
 
 def _load_pipeline(model: str | None, device: str | None) -> COATAppearanceTransferPipeline:
     """The pipeline for a bundled name, a local folder or a Hub id (default: the bundled default)."""
+    from transformers import pipeline
+
+    from .pipeline_coat import TASK
+
     try:
         return pipeline(TASK, model=resolve_model(model), device=device)
     except (OSError, ValueError) as err:
@@ -145,8 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     if args.list_models:
-        print("\n".join(f"{name}{' (default)' if name == default_model() else ''}" for name in available_models()))
+        names = {name: f"{name} (default)" if name == default_model() else name for name in available_models()}
+        width = max(map(len, names.values()))
+        print("\n".join(f"{label:<{width}}  {describe_model(name)}" for name, label in names.items()))
         return 0
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # transformers' weight-loading bar; ours counts pairs
     try:
         # The CSV, or the single pair's images, are checked before the model loads: bad paths fail fast.

@@ -10,16 +10,16 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import PIL.Image
 import requests
-import torch
-from diffusers.utils import load_image as diffusers_load_image
-from diffusers.utils.constants import DIFFUSERS_REQUEST_TIMEOUT
-from torch import Tensor
-from torchvision.transforms import v2
+from PIL import ImageOps
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: `import coat_hf.image_io` stays light
+    from torch import Tensor
+    from torchvision.transforms import v2
 
 ImageInput = Union[PIL.Image.Image, str, os.PathLike, np.ndarray]
 
@@ -32,6 +32,12 @@ MAX_IMAGE_PIXELS = 50_000_000
 
 MAX_DOWNLOAD_BYTES = 100 * 2**20
 """Largest URL download accepted (100 MiB)."""
+
+REQUEST_TIMEOUT_S = 60
+"""Seconds a URL download may wait for the server to connect or send (as diffusers' ``load_image``)."""
+
+OUTPUT_SIZES = ("content", "model")
+"""How a result is sized: like the content image, or the model's square ``image_size``."""
 
 _INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit, and 32-bit integer greyscale
 
@@ -70,7 +76,7 @@ def _check_size(size: tuple[int, int], name: str) -> None:
 def _fetch(url: str, name: str) -> io.BytesIO:
     """Download ``url`` (at most :data:`MAX_DOWNLOAD_BYTES`) into memory."""
     try:
-        with requests.get(url, stream=True, timeout=DIFFUSERS_REQUEST_TIMEOUT) as response:
+        with requests.get(url, stream=True, timeout=REQUEST_TIMEOUT_S) as response:
             response.raise_for_status()
             data = response.raw.read(MAX_DOWNLOAD_BYTES + 1, decode_content=True)
     except requests.RequestException as err:
@@ -138,14 +144,17 @@ def load_image(image: ImageInput, name: str = "image") -> PIL.Image.Image:
             f"{name}: expected a PIL image, a file path, a URL or a uint8 numpy array, got {type(image).__name__}"
         )
     try:
-        # diffusers' loader: EXIF orientation (ImageOps.exif_transpose), then our conversion to RGB. Decodes.
-        return diffusers_load_image(image, convert_method=to_rgb)
+        # EXIF orientation, then the conversion to RGB. Decodes.
+        return to_rgb(ImageOps.exif_transpose(image))
     except (OSError, SyntaxError, EOFError) as err:
         raise ValueError(f"{name}: the image is truncated or corrupt: {err}") from None
 
 
 def pixel_transform(image_size: int) -> v2.Compose:
     """RGB PIL image -> (3, S, S) float in [-1, 1]: the whole image resized to S x S (aspect ratio not kept)."""
+    import torch
+    from torchvision.transforms import v2
+
     return v2.Compose([
         v2.PILToTensor(),
         v2.Resize((image_size, image_size), antialias=True),
@@ -156,5 +165,5 @@ def pixel_transform(image_size: int) -> v2.Compose:
 
 def to_pil(pixel_values: Tensor) -> PIL.Image.Image:
     """(3, H, W) in [-1, 1] (any float dtype) -> RGB PIL image; values outside are clipped."""
-    rgb = ((pixel_values.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, H, W)
+    rgb = ((pixel_values.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()  # (3, H, W) uint8
     return PIL.Image.fromarray(rgb.permute(1, 2, 0).cpu().numpy())

@@ -20,7 +20,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
-from .image_io import ImageInput, load_image, pixel_transform, to_pil
+from .image_io import OUTPUT_SIZES, ImageInput, load_image, pixel_transform, to_pil
 from .modeling_coat import COATModel
 from .pretrained import DEFAULT_MODEL, UNTRAINED_MODEL, is_untrained, resolve_model
 from .visualization import confidence_map, correspondence_to_matches, draw_matches
@@ -28,7 +28,6 @@ from .visualization import confidence_map, correspondence_to_matches, draw_match
 logger = logging.get_logger(__name__)
 
 TASK = "coat-appearance-transfer"
-OUTPUT_SIZES = ("content", "model")
 
 
 def _pair(item: Any, index: int | None = None) -> dict:

@@ -7,8 +7,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from diffusers.utils import make_image_grid
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -72,6 +70,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 
 def plot_tradeoff(results: dict[str, Any], path: Path) -> None:
     """Structure distance against each appearance distance: COAT as a curve over n, other methods as points."""
+    from matplotlib.figure import Figure  # the [eval] extra
+
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     axes = figure.subplots(1, 2)
     methods = results["methods"]
@@ -108,4 +108,7 @@ def save_grid(titles: list[str], rows: list[list[Tensor]], path: Path) -> None:
     """A grid with a header row of ``titles`` and one row of (3, S, S) images per pair."""
     size = rows[0][0].shape[-1]
     tiles = [_label_tile(title, size) for title in titles] + [to_pil(image) for row in rows for image in row]
-    make_image_grid(tiles, rows=len(rows) + 1, cols=len(titles)).save(path)
+    grid = Image.new("RGB", (len(titles) * size, (len(rows) + 1) * size), "white")
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, (i % len(titles) * size, i // len(titles) * size))
+    grid.save(path)

@@ -8,11 +8,12 @@ path but produces no meaningful transfer. Adding a trained model needs no code c
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from ..configuration_coat import COATConfig
-from ..modeling_coat import COATModel
+if TYPE_CHECKING:
+    from ..modeling_coat import COATModel
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "coat-celeba-128"
@@ -27,6 +28,23 @@ def available_models() -> list[str]:
 def default_model() -> str:
     """:data:`DEFAULT_MODEL` when bundled, else the untrained placeholder :data:`UNTRAINED_MODEL`."""
     return DEFAULT_MODEL if DEFAULT_MODEL in available_models() else UNTRAINED_MODEL
+
+
+def describe_model(name: str) -> str:
+    """One line on what bundled model ``name`` is, from its card (``README.md``): the second cell of the card's
+    table row for ``name`` when there is one (cards shared by several models), else the first sentence of the
+    card's first paragraph; Markdown emphasis and code marks are dropped."""
+    card = PRETRAINED_DIR / name / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    text = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)  # YAML front matter
+    row = re.search(rf"^\|\s*`?{re.escape(name)}`?\s*\|([^|]*)\|", text, flags=re.M)
+    if row:
+        summary = row.group(1)
+    else:
+        paragraph = next((block for block in re.split(r"\n\s*\n", text)
+                          if block.strip() and not block.lstrip().startswith(("#", "|", "```"))), "")
+        summary = re.split(r"(?<=[.!?])\s", " ".join(paragraph.split()), maxsplit=1)[0]
+    return re.sub(r"[*`]", "", summary).strip() or "(no model card)"
 
 
 def is_untrained(name_or_path: str | os.PathLike) -> bool:
@@ -53,6 +71,11 @@ def make_placeholder(path: str | os.PathLike = PRETRAINED_DIR / UNTRAINED_MODEL,
     ``noise_strength`` so that, like a trained model, its output depends on the noise (and on ``seed``).
     ``python -c "from coat_hf.pretrained import make_placeholder; make_placeholder()"`` regenerates it.
     """
+    import torch
+
+    from ..configuration_coat import COATConfig
+    from ..modeling_coat import COATModel
+
     torch.manual_seed(seed)
     model = COATModel(COATConfig.preset("tiny")).eval()
     with torch.no_grad():
