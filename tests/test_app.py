@@ -277,28 +277,48 @@ def test_python_app_py_binds_where_spaces_says(tmp_path):
 # --- Spaces ---------------------------------------------------------------------------------------------------
 
 
-def imported_distributions(paths: list[Path]) -> set[str]:
-    """Distributions (normalised names) that the given source files import at top level, standard library aside."""
+def imported_distributions(entry: Path) -> set[str]:
+    """Distributions (normalised names) that ``entry`` and the coat_hf modules it reaches import, at top level or
+    inside functions, standard library aside."""
     import ast
     import importlib.metadata
 
     from packaging.utils import canonicalize_name
 
+    def module_path(name: str) -> Path | None:
+        base = REPO.joinpath(*name.split("."))
+        return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
     providers = importlib.metadata.packages_distributions()
-    modules = set()
-    for path in paths:
+    modules, seen, todo = set(), set(), [("", entry)]
+    while todo:
+        package, path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                modules |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                modules.add(node.module.split(".")[0])
-    modules -= set(sys.stdlib_module_names) | {"coat_hf"}
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolved against the importing module's package
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parent, *filter(None, [node.module])])
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] != "coat_hf":
+                    modules.add(name.split(".")[0])
+                elif (found := module_path(name)) is not None:
+                    todo.append((name if found.name == "__init__.py" else name.rpartition(".")[0], found))
+    modules -= set(sys.stdlib_module_names) | {"coat_hf", ""}
     return {canonicalize_name(dist) for module in modules for dist in providers[module]}
 
 
 def test_spaces_requirements_cover_what_the_app_imports():
-    """requirements.txt installs everything app.py and the coat_hf package import (gradio comes with the
-    Spaces SDK), with pyproject.toml's version bounds."""
+    """requirements.txt installs everything app.py and the coat_hf modules it reaches import (gradio comes with
+    the Spaces SDK), with pyproject.toml's version bounds, and nothing the app does not use."""
     tomllib = pytest.importorskip("tomllib")
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
@@ -306,9 +326,10 @@ def test_spaces_requirements_cover_what_the_app_imports():
     lines = (REPO / "requirements.txt").read_text().splitlines()
     required = {canonicalize_name(r.name): r.specifier
                 for r in (Requirement(line) for line in lines if line.strip() and not line.startswith("#"))}
-    sources = [REPO / "app.py", *sorted((REPO / "coat_hf").rglob("*.py"))]
-    missing = imported_distributions(sources) - set(required) - {"gradio"}
-    assert not missing, f"requirements.txt lacks {sorted(missing)}"
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    bounds = {canonicalize_name(r.name): r.specifier for r in map(Requirement, project)}
+    used = imported_distributions(REPO / "app.py") - {"gradio"}
+    assert used - set(required) == set(), "requirements.txt lacks these"
+    assert set(required) - used == set(), "requirements.txt installs these, which the app does not import"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    bounds = {canonicalize_name(r.name): r.specifier for r in map(Requirement, requirements)}
     assert {name: spec for name, spec in required.items() if name in bounds and bounds[name] != spec} == {}
