@@ -10,7 +10,6 @@ Errors print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import PIL.Image
 
-from .image_io import OUTPUT_SIZES, load_image
+from .image_io import OUTPUT_SIZES, load_image, read_pairs_csv
 from .pretrained import available_models, default_model, describe_model, resolve_model
 
 if TYPE_CHECKING:  # torch and transformers load after the arguments are checked: --help stays fast
@@ -86,31 +85,14 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def _read_pairs(csv_path: Path, out_dir: Path) -> list[dict]:
-    """Rows of the CSV as {"line", "content", "style", "output"}, paths resolved (URLs kept as they are)."""
-    if not csv_path.is_file():
-        raise ValueError(f"--pairs: file not found: {csv_path}")
-
-    def resolve(value: str, folder: Path) -> str:
-        return value if value.startswith(("http://", "https://")) else str(folder / value)
-
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        if not {"content", "style"} <= columns:
-            raise ValueError(f"--pairs: {csv_path} needs the columns content,style[,output]; got {sorted(columns)}")
-        rows = []
-        for row in reader:
-            line = reader.line_num
-            content, style = (row.get("content") or "").strip(), (row.get("style") or "").strip()
-            if not content or not style:
-                raise ValueError(f"--pairs: {csv_path} line {line}: empty content or style")
-            output = (row.get("output") or "").strip() or f"{len(rows):04d}_{Path(content).stem}_{Path(style).stem}.png"
-            if Path(output).suffix.lower() not in PIL.Image.registered_extensions():
-                raise ValueError(f"--pairs: {csv_path} line {line}: unknown image format for output {output!r}")
-            rows.append({"line": line, "content": resolve(content, csv_path.parent),
-                         "style": resolve(style, csv_path.parent), "output": out_dir / output})
-    if not rows:
-        raise ValueError(f"--pairs: {csv_path} has no pairs")
+    """Rows of the CSV as {"line", "content", "style", "output"}: see :func:`coat_hf.image_io.read_pairs_csv`;
+    an empty output cell names the result after the row, content and style."""
+    rows = []
+    for i, row in enumerate(read_pairs_csv(csv_path, "--pairs")):
+        output = row.output or f"{i:04d}_{Path(row.content).stem}_{Path(row.style).stem}.png"
+        if Path(output).suffix.lower() not in PIL.Image.registered_extensions():
+            raise ValueError(f"--pairs: {csv_path} line {row.line}: unknown image format for output {output!r}")
+        rows.append({"line": row.line, "content": row.content, "style": row.style, "output": out_dir / output})
     return rows
 
 

@@ -1,4 +1,10 @@
-"""Loading and checking input images, and converting between PIL images and COAT's pixel values.
+"""COAT's image and data layer: loading and checking images, fitting them to the model's square size, finding
+images, class sub-folders and masks in folders, and reading pairs files.
+
+The pipeline, the command line, the app, the evaluation and training all read images through this module:
+:data:`IMAGE_EXTENSIONS` is the one list of image file extensions, :func:`read_pairs_csv` the one reader of
+``content,style[,output]`` CSV files, :func:`fit_image` the one geometry (the model's image processor,
+:class:`~coat_hf.image_processing_coat.COATImageProcessor`, applies it).
 
 Every loading failure becomes a ``ValueError`` whose message starts with the argument's name
 (``"content: ..."``, ``"style: ..."``), so callers never see a traceback from deep inside PIL or torch.
@@ -6,11 +12,14 @@ Every loading failure becomes a ``ValueError`` whose message starts with the arg
 
 from __future__ import annotations
 
+import csv
 import io
+import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 import numpy as np
 import PIL.Image
@@ -21,7 +30,9 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: `import coat_hf.i
     from torch import Tensor
     from torchvision.transforms import v2
 
-ImageInput = Union[PIL.Image.Image, str, os.PathLike, np.ndarray]
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[PIL.Image.Image, str, os.PathLike, np.ndarray, bytes]
 
 MIN_IMAGE_SIDE = 16
 """Images with a side below this many pixels are refused."""
@@ -108,8 +119,8 @@ def load_image(image: ImageInput, name: str = "image") -> PIL.Image.Image:
     """Load and check one input image; returns an 8-bit RGB PIL image, upright per its EXIF orientation.
 
     Args:
-        image: a PIL image, a file path, an ``http(s)://`` URL, or a numpy array (H, W) or (H, W, C) uint8
-            with C in 1, 3, 4.
+        image: a PIL image, a file path, an ``http(s)://`` URL, the bytes of an image file, or a numpy array
+            (H, W) or (H, W, C) uint8 with C in 1, 3, 4.
         name: the argument's name, which starts every error message.
 
     Raises:
@@ -126,6 +137,8 @@ def load_image(image: ImageInput, name: str = "image") -> PIL.Image.Image:
         image = PIL.Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     elif isinstance(image, PIL.Image.Image):
         _check_size(image.size, name)
+    elif isinstance(image, (bytes, bytearray)):
+        image = _open(io.BytesIO(image), name, "the image data")
     elif isinstance(image, (str, os.PathLike)):
         source = os.fspath(image)
         if source.startswith(("http://", "https://")):
@@ -141,7 +154,8 @@ def load_image(image: ImageInput, name: str = "image") -> PIL.Image.Image:
             image = _open(source, name, source)
     else:
         raise ValueError(
-            f"{name}: expected a PIL image, a file path, a URL or a uint8 numpy array, got {type(image).__name__}"
+            f"{name}: expected a PIL image, a file path, a URL, image bytes or a uint8 numpy array, got "
+            f"{type(image).__name__}"
         )
     try:
         # EXIF orientation, then the conversion to RGB. Decodes.
@@ -167,3 +181,147 @@ def to_pil(pixel_values: Tensor) -> PIL.Image.Image:
     """(3, H, W) in [-1, 1] (any float dtype) -> RGB PIL image; values outside are clipped."""
     rgb = ((pixel_values.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()  # (3, H, W) uint8
     return PIL.Image.fromarray(rgb.permute(1, 2, 0).cpu().numpy())
+
+
+def load_image_or_skip(image: ImageInput, name: str = "image") -> PIL.Image.Image | None:
+    """:func:`load_image`, but an unreadable image (missing, truncated, not an image, a decompression bomb, ...)
+    is logged as a warning and gives ``None``: for datasets that pass over bad files."""
+    try:
+        return load_image(image, name)
+    except ValueError as err:
+        logger.warning("skipping an unreadable image: %s", err)
+        return None
+
+
+FitMode = Literal["resize", "crop"]
+FIT_MODES: tuple[str, ...] = ("resize", "crop")
+
+
+def fit_image(image: PIL.Image.Image, size: int, mode: FitMode = "resize",
+              resample: PIL.Image.Resampling = PIL.Image.Resampling.BILINEAR) -> PIL.Image.Image:
+    """``image`` as a ``size`` x ``size`` square.
+
+    ``"resize"`` scales the whole image to the square (the aspect ratio is not kept; nothing is cut off: what
+    the pipeline does). ``"crop"`` scales the short side to ``size`` and cuts the centre square (the aspect ratio
+    is kept: what the evaluation and training do). Masks take ``resample=NEAREST``.
+    """
+    if mode == "resize":
+        return image.resize((size, size), resample)
+    if mode != "crop":
+        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.resize((width, height), resample).crop((left, top, left + size, top + size))
+
+
+# --- Folders, class sub-folders and masks --------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+"""The file extensions (lower case) taken as images wherever a folder is read."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file with one of the :data:`IMAGE_EXTENSIONS`."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def find_images(folder: str | os.PathLike, name: str = "data folder") -> list[Path]:
+    """The image files of ``folder`` and of its sub-folders (class folders such as ``afhq/{cat,dog,wild}``),
+    sorted by their path relative to ``folder``. Hidden files and folders are left out.
+
+    Raises:
+        ValueError: ``folder`` is not a folder (the message starts with ``name``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{name}: not a folder: {folder}")
+    images = [p for p in folder.rglob("*")
+              if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(images, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def image_class(path: str | os.PathLike, folder: str | os.PathLike) -> str | None:
+    """The class of an image found by :func:`find_images`: the name of the sub-folder holding it, or ``None`` for
+    an image directly in ``folder``."""
+    parent = Path(path).relative_to(folder).parent
+    return None if parent == Path() else parent.name
+
+
+def image_and_mask_folders(data_dir: str | os.PathLike,
+                           mask_dir: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
+    """Where images and their masks are: a ``data_dir`` with ``images/`` and ``masks/`` sub-folders (e.g.
+    ``horses/``) means both, unless ``mask_dir`` is given."""
+    root = Path(data_dir)
+    if mask_dir is None and (root / "images").is_dir() and (root / "masks").is_dir():
+        return root / "images", root / "masks"
+    return root, None if mask_dir is None else Path(mask_dir)
+
+
+def find_mask(mask_dir: str | os.PathLike, image_path: str | os.PathLike,
+              folder: str | os.PathLike | None = None) -> Path:
+    """The mask of ``image_path``: the file with the same stem and any image extension in ``mask_dir`` (in the
+    same class sub-folder there first, when ``folder`` is the image folder that ``image_path`` was found in).
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    image_path, mask_dir = Path(image_path), Path(mask_dir)
+    places = [mask_dir]
+    if folder is not None and image_path.parent != Path(folder):
+        places.insert(0, mask_dir / image_path.relative_to(folder).parent)
+    for place in places:
+        for extension in dict.fromkeys((image_path.suffix, *IMAGE_EXTENSIONS)):
+            candidate = place / f"{image_path.stem}{extension}"
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"no mask for {image_path.name} in {mask_dir}")
+
+
+# --- Pairs files ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One row of a pairs file: its line number, the content and style images (paths resolved against the
+    file's folder, URLs as written) and the ``output`` cell (as written; ``None`` when empty or absent)."""
+
+    line: int
+    content: str
+    style: str
+    output: str | None = None
+
+
+def read_pairs_csv(path: str | os.PathLike, name: str = "pairs") -> list[PairRow]:
+    """The rows of a CSV with the columns ``content,style[,output]`` (UTF-8, a byte-order mark allowed).
+
+    Relative image paths are read from the CSV's folder; ``http(s)://`` URLs are kept. Used by
+    ``coat-transfer --pairs`` and the app's ``--examples`` folder (``pairs.csv``).
+
+    Raises:
+        ValueError, starting with ``name``: the file is missing, lacks a column, has an empty content or style
+            cell, or has no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{name}: file not found: {path}")
+
+    def resolve(value: str) -> str:
+        return value if value.startswith(("http://", "https://")) else str(path.parent / value)
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        if not {"content", "style"} <= columns:
+            raise ValueError(f"{name}: {path} needs the columns content,style[,output]; got {sorted(columns)}")
+        rows = []
+        for row in reader:
+            content, style = (row.get("content") or "").strip(), (row.get("style") or "").strip()
+            if not content or not style:
+                raise ValueError(f"{name}: {path} line {reader.line_num}: empty content or style")
+            rows.append(PairRow(reader.line_num, resolve(content), resolve(style),
+                                (row.get("output") or "").strip() or None))
+    if not rows:
+        raise ValueError(f"{name}: {path} has no pairs")
+    return rows

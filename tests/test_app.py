@@ -121,7 +121,7 @@ def test_page_has_the_controls(demo):
     slider = by_id["n"]
     assert (slider.minimum, slider.maximum, slider.step, slider.value) == (0, k, 1, demo.config.default_n)
     assert "lower n = more of the style" in slider.info.lower()
-    assert [value for _, value in by_id["scale"].choices] == list(range(demo.config.num_scales))
+    assert [value for _, value in by_id["scale"].choices] == [str(s) for s in range(demo.config.num_scales)]
     for name in ("content", "style"):
         assert set(by_id[name].sources) == {"upload", "clipboard", "webcam"}
     assert {"result", "matches", "heatmap", "count", "strip", "run", "sweep"} <= set(by_id)
@@ -164,7 +164,10 @@ def test_examples_from_a_folder(tmp_path):
     assert Path(examples[0][0]).name == "00-content-e.png" and Path(examples[0][1]).name == "00-style-a.png"
 
     (folder / "pairs.csv").write_text("first,second\ne.png,a.png\n")
-    with pytest.raises(ValueError, match="columns 'content' and 'style'"):
+    with pytest.raises(ValueError, match=r"--examples: .* needs the columns content,style\[,output\]"):
+        app.folder_pairs(folder)
+    (folder / "pairs.csv").write_text("content,style\n")  # the rules of coat-transfer --pairs
+    with pytest.raises(ValueError, match="--examples: .* has no pairs"):
         app.folder_pairs(folder)
     with pytest.raises(ValueError, match="--examples: not a folder"):
         app.folder_pairs(folder / "nope")
@@ -221,6 +224,21 @@ def test_client_predicts_at_both_ends_of_the_slider(client, demo, photos):
         results[n] = np.asarray(PIL.Image.open(result).convert("RGB"))
         assert np.array_equal(results[n], np.asarray(demo.transfer(str(content), str(style), n, 1)[0]))
     assert not np.array_equal(results[0], results[k])
+
+
+def test_client_accepts_the_advertised_scales(client, demo, photos):
+    """Every scale value that the API advertises (view_api) is accepted, as the string it advertises."""
+    from gradio_client import handle_file
+
+    info = client.view_api(return_format="dict", print_info=False)
+    scale = next(p for p in info["named_endpoints"]["/transfer"]["parameters"] if p["parameter_name"] == "scale")
+    advertised = scale["type"]["enum"]
+    assert advertised == [str(s) for s in range(demo.config.num_scales)] and scale["type"]["type"] == "string"
+    assert scale["python_type"]["type"] == "Literal[" + ", ".join(f"'{s}'" for s in advertised) + "]"
+    content, style = (str(p) for p in photos)
+    for value in advertised:
+        count = client.predict(handle_file(content), handle_file(style), 1, value, api_name="/transfer")[2]
+        assert count == demo.transfer(content, style, 1, int(value))[2] == demo.transfer(content, style, 1, value)[2]
 
 
 def test_client_sweep(client, demo, photos):
