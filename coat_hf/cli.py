@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import PIL.Image
 
 from .image_io import OUTPUT_SIZES, load_image, read_pairs_csv
-from .pretrained import available_models, default_model, describe_model, resolve_model
+from .pretrained import available_models, default_model, describe_model, model_load_error, resolve_model
 
 if TYPE_CHECKING:  # torch and transformers load after the arguments are checked: --help stays fast
     from .pipeline_coat import COATAppearanceTransferPipeline
@@ -125,9 +125,7 @@ def _load_pipeline(model: str | None, device: str | None) -> COATAppearanceTrans
     try:
         return pipeline(TASK, model=resolve_model(model), device=device)
     except (OSError, ValueError) as err:
-        first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise ValueError(f"--model: cannot load {model or default_model()!r} (bundled models: "
-                         f"{', '.join(available_models())}): {first_line}") from None
+        raise model_load_error(model, err) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

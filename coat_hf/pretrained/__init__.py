@@ -63,6 +63,14 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
     return name_or_path
 
 
+def model_load_error(name_or_path: str | os.PathLike | None, err: Exception) -> ValueError:
+    """The one-line error of a command whose ``--model`` does not load: the model, the bundled names and the
+    first line of ``err`` (transformers' loading errors span several lines)."""
+    first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
+    return ValueError(f"--model: cannot load {os.fspath(name_or_path or default_model())!r} (bundled models: "
+                      f"{', '.join(available_models())}): {first_line}")
+
+
 def make_placeholder(path: str | os.PathLike = PRETRAINED_DIR / UNTRAINED_MODEL, seed: int = 0,
                      noise_strength: float = 0.1) -> COATModel:
     """Write the untrained placeholder: the ``tiny`` preset (64 px) with seeded random weights, float32.
