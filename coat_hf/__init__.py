@@ -1,8 +1,8 @@
 """coat-hf: correspondence-driven object appearance transfer (COAT, BMVC 2022) for the Hugging Face ecosystem.
 
 ``import coat_hf`` is light (it imports neither torch nor transformers): the names below load on first use,
-and ``COATConfig``/``COATModel`` and the ``coat-appearance-transfer`` pipeline task are registered with
-transformers' Auto classes and pipeline registry as soon as transformers loads those (see
+and ``COATConfig``/``COATModel``/``COATImageProcessor`` and the ``coat-appearance-transfer`` pipeline task are
+registered with transformers' Auto classes and pipeline registry as soon as transformers loads those (see
 :mod:`coat_hf._registration`).
 """
 
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "COATAppearanceTransferPipeline": "pipeline_coat",
     "COATConfig": "configuration_coat",
+    "COATImageProcessor": "image_processing_coat",
     "COATModel": "modeling_coat",
     "COATOutput": "modeling_coat",
     "COATPreTrainedModel": "modeling_coat",
@@ -32,6 +33,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .configuration_coat import COATConfig
     from .correspondence import Correspondence, align_features, cosine_similarity, mutual_consistency
+    from .image_processing_coat import COATImageProcessor
     from .modeling_coat import COATModel, COATOutput, COATPreTrainedModel
     from .pipeline_coat import COATAppearanceTransferPipeline
 

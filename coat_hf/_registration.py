@@ -1,8 +1,8 @@
 """Registering COAT with transformers when transformers' registries load, not at ``import coat_hf``.
 
 ``import coat_hf`` stays light (no torch, no transformers modeling code, which also imports accelerate when
-installed), yet ``import coat_hf`` followed by ``AutoConfig``/``AutoModel.from_pretrained(coat_folder)`` or
-``pipeline("coat-appearance-transfer")`` finds COAT. Each registration pairs a transformers module (the
+installed), yet ``import coat_hf`` followed by ``AutoConfig``/``AutoModel``/``AutoImageProcessor.from_pretrained
+(coat_folder)`` or ``pipeline("coat-appearance-transfer")`` finds COAT. Each registration pairs a transformers module (the
 registry) with the coat_hf module holding the class to register, and runs as soon as both are fully
 imported: at once for those already imported, else from a finder on ``sys.meta_path`` that notices the
 end of their import. When the registry finishes first, the coat_hf module is imported then; when the
@@ -37,6 +37,17 @@ def _register_model() -> None:
     AutoModel.register(COATConfig, COATModel, exist_ok=True)
 
 
+def _register_image_processor() -> None:
+    from transformers import AutoImageProcessor
+
+    from .configuration_coat import COATConfig
+    from .image_processing_coat import COATImageProcessor
+
+    # One implementation (PIL and NumPy, no torchvision needed) for both backends transformers may ask for.
+    AutoImageProcessor.register(COATConfig, image_processor_classes={"pil": COATImageProcessor,
+                                                                     "torchvision": COATImageProcessor}, exist_ok=True)
+
+
 def _register_pipeline() -> None:
     from .pipeline_coat import register_pipeline
 
@@ -47,6 +58,7 @@ REGISTRATIONS: tuple[tuple[str, str, Callable[[], None]], ...] = (
     # (transformers registry module, coat_hf module with the class, registration)
     ("transformers.models.auto.configuration_auto", "coat_hf.configuration_coat", _register_config),
     ("transformers.models.auto.modeling_auto", "coat_hf.modeling_coat", _register_model),
+    ("transformers.models.auto.image_processing_auto", "coat_hf.image_processing_coat", _register_image_processor),
     ("transformers.pipelines", "coat_hf.pipeline_coat", _register_pipeline),
 )
 

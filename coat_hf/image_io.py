@@ -1,10 +1,11 @@
-"""COAT's image and data layer: loading and checking images, fitting them to the model's square size, finding
-images, class sub-folders and masks in folders, and reading pairs files.
+"""COAT's image and data layer: loading and checking images, finding images, class sub-folders and masks in
+folders, and reading pairs files.
 
 The pipeline, the command line, the app, the evaluation and training all read images through this module:
-:data:`IMAGE_EXTENSIONS` is the one list of image file extensions, :func:`read_pairs_csv` the one reader of
-``content,style[,output]`` CSV files, :func:`fit_image` the one geometry (the model's image processor,
-:class:`~coat_hf.image_processing_coat.COATImageProcessor`, applies it).
+:data:`IMAGE_EXTENSIONS` is the one list of image file extensions, :func:`find_images` the one folder walk
+(class sub-folders included), :func:`find_mask` the one mask lookup and :func:`read_pairs_csv` the one reader
+of ``content,style[,output]`` CSV files. The geometry that turns a loaded image into the model's input belongs
+to the image processor saved with the model, :class:`~coat_hf.image_processing_coat.COATImageProcessor`.
 
 Every loading failure becomes a ``ValueError`` whose message starts with the argument's name
 (``"content: ..."``, ``"style: ..."``), so callers never see a traceback from deep inside PIL or torch.
@@ -19,16 +20,15 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import PIL.Image
 import requests
 from PIL import ImageOps
 
-if TYPE_CHECKING:  # torch is imported where tensors are made: `import coat_hf.image_io` stays light
+if TYPE_CHECKING:  # torch is not needed to load images: `import coat_hf.image_io` stays light
     from torch import Tensor
-    from torchvision.transforms import v2
 
 logger = logging.getLogger(__name__)
 
@@ -164,19 +164,6 @@ def load_image(image: ImageInput, name: str = "image") -> PIL.Image.Image:
         raise ValueError(f"{name}: the image is truncated or corrupt: {err}") from None
 
 
-def pixel_transform(image_size: int) -> v2.Compose:
-    """RGB PIL image -> (3, S, S) float in [-1, 1]: the whole image resized to S x S (aspect ratio not kept)."""
-    import torch
-    from torchvision.transforms import v2
-
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize((image_size, image_size), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-    ])
-
-
 def to_pil(pixel_values: Tensor) -> PIL.Image.Image:
     """(3, H, W) in [-1, 1] (any float dtype) -> RGB PIL image; values outside are clipped."""
     rgb = ((pixel_values.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()  # (3, H, W) uint8
@@ -191,28 +178,6 @@ def load_image_or_skip(image: ImageInput, name: str = "image") -> PIL.Image.Imag
     except ValueError as err:
         logger.warning("skipping an unreadable image: %s", err)
         return None
-
-
-FitMode = Literal["resize", "crop"]
-FIT_MODES: tuple[str, ...] = ("resize", "crop")
-
-
-def fit_image(image: PIL.Image.Image, size: int, mode: FitMode = "resize",
-              resample: PIL.Image.Resampling = PIL.Image.Resampling.BILINEAR) -> PIL.Image.Image:
-    """``image`` as a ``size`` x ``size`` square.
-
-    ``"resize"`` scales the whole image to the square (the aspect ratio is not kept; nothing is cut off: what
-    the pipeline does). ``"crop"`` scales the short side to ``size`` and cuts the centre square (the aspect ratio
-    is kept: what the evaluation and training do). Masks take ``resample=NEAREST``.
-    """
-    if mode == "resize":
-        return image.resize((size, size), resample)
-    if mode != "crop":
-        raise ValueError(f"mode must be one of {FIT_MODES}, got {mode!r}")
-    scale = size / min(image.size)
-    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    left, top = (width - size) // 2, (height - size) // 2
-    return image.resize((width, height), resample).crop((left, top, left + size, top + size))
 
 
 # --- Folders, class sub-folders and masks --------------------------------------------------------------------

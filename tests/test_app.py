@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # app.py sits at the repository root (Spaces' app_file), beside the package
 
 import app  # noqa: E402
-from coat_hf.image_io import MAX_IMAGE_PIXELS, load_image, pixel_transform  # noqa: E402
+from coat_hf.image_io import MAX_IMAGE_PIXELS, load_image  # noqa: E402
 from coat_hf.pretrained import UNTRAINED_MODEL, available_models, default_model, resolve_model  # noqa: E402
 
 
@@ -60,9 +60,8 @@ def test_transfer_returns_result_and_correspondence_panel(demo, photos):
         assert heatmap.size == (app.HEATMAP_HEIGHT, app.HEATMAP_HEIGHT) and heatmap.mode == "RGB"
         assert matches.width > matches.height  # content and style side by side
         # The count is the confident set p of Eq. 3 at that scale, as the model itself finds it.
-        transform = pixel_transform(demo.config.image_size)
-        out = demo.pipe.model(transform(load_image(content))[None], transform(load_image(style))[None],
-                              output_correspondence=True)
+        pixels = demo.pipe.image_processor([load_image(content), load_image(style)], return_tensors="pt")
+        out = demo.pipe.model(*pixels["pixel_values"].split(1), output_correspondence=True)
         assert count == int(out.correspondences[scale].mutual.sum()) > 0
 
 

@@ -23,6 +23,7 @@ from coat_hf.evaluation import (
 )
 from coat_hf.evaluation.__main__ import main
 from coat_hf.evaluation.color import lab_to_rgb, rgb_to_lab
+from coat_hf import COATConfig
 from coat_hf.evaluation.pairs import ImageLoader, list_images, sample_images, sample_pairs
 from coat_hf.evaluation.report import plot_tradeoff
 from coat_hf.evaluation.runner import OUTPUT_FILES
@@ -205,7 +206,8 @@ def test_pairs_are_seeded_and_filtered(photo_folder):
 
 
 def test_loader_resizes_photo_and_mask(photo_folder):
-    image, mask = ImageLoader(32, photo_folder / "masks")(photo_folder / "images" / "img00.jpg")
+    config = COATConfig(image_size=32)
+    image, mask = ImageLoader(config, photo_folder / "masks")(photo_folder / "images" / "img00.jpg")
     assert image.shape == (1, 3, 32, 32) and image.min() >= -1 and image.max() <= 1
     assert mask.shape == (1, 1, 32, 32) and set(mask.unique().tolist()) == {0.0, 1.0}
 
@@ -220,7 +222,7 @@ def test_nested_class_folders_and_their_masks(tmp_path):
     images = list_images(tmp_path / "images")
     assert [p.relative_to(tmp_path / "images").as_posix() for p in images] == [
         "cat/a.png", "cat/b.png", "dog/a.png", "top.png"]
-    loader = ImageLoader(32, tmp_path / "masks", tmp_path / "images")
+    loader = ImageLoader(COATConfig(image_size=32), tmp_path / "masks", tmp_path / "images")
     assert [loader(path)[1].mean().item() for path in images] == [1.0, 0.0, 0.0, 1.0]
 
 

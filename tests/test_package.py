@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "coat_hf" / "pretrained" / "coat-untrained-tiny"
 
 # What only the extras ([app], [train], [eval]) install: inference (the pipeline, the command line) needs none.
-EXTRAS = ("accelerate", "datasets", "diffusers", "gradio", "lpips", "tensorboard")
+EXTRAS = ("accelerate", "datasets", "diffusers", "gradio", "lpips", "tensorboard", "torchvision")
 # Imported where used, not by `import coat_hf` (matplotlib draws the pipeline's correspondence pictures).
-HEAVY = ("matplotlib", "torch", "torchvision", "transformers")
+HEAVY = ("matplotlib", "torch", "transformers")
 
 
 def run_python(code: str) -> str:

@@ -8,10 +8,11 @@ optionally only those whose names match ``include`` globs (``"horse28[1-9]*,hors
 pairs of different images, drawn without replacement by ``random.Random(seed)``. Reconstruction images
 (``sample_images``): a separate seeded draw, each used as both content and style.
 
-Loading (``ImageLoader``): files read by :func:`coat_hf.image_io.load_image`, the short side resized to the
-model's size and the centre cut out (``fit_image(..., "crop")``, as training does, so the object keeps
-its aspect ratio), pixels in [-1, 1]; a mask (:func:`coat_hf.image_io.find_mask`, any size: resized to the
-photo first) follows the same geometry and is thresholded at one half.
+Loading (``ImageLoader``): files read by :func:`coat_hf.image_io.load_image`, then the model's image
+processor with the ``"crop"`` geometry (the short side resized to the model's size and the centre cut out,
+as training does, so the object keeps its aspect ratio), pixels in [-1, 1]; a mask
+(:func:`coat_hf.image_io.find_mask`, any size: resized to the photo first) follows the same geometry and is
+thresholded at one half.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import random
 import re
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
-from ..image_io import find_images, find_mask, fit_image, load_image
+from ..configuration_coat import COATConfig
+from ..image_io import find_images, find_mask, load_image
+from ..image_processing_coat import COATImageProcessor
 
 
 def list_images(folder: str | Path, include: str | None = None, holdout_last: int = 0) -> list[Path]:
@@ -71,8 +72,8 @@ class ImageLoader:
     ``folder`` is the image folder the paths were found in (masks of class sub-folders are looked up in the same
     sub-folder of ``mask_dir`` first)."""
 
-    def __init__(self, image_size: int, mask_dir: str | Path | None = None, folder: str | Path | None = None) -> None:
-        self.image_size = image_size
+    def __init__(self, config: COATConfig, mask_dir: str | Path | None = None, folder: str | Path | None = None) -> None:
+        self.processor = COATImageProcessor.from_model_config(config, "crop")
         self.mask_dir = None if mask_dir is None else Path(mask_dir)
         self.folder = folder
         self._cache: dict[Path, tuple[Tensor, Tensor | None]] = {}
@@ -84,11 +85,9 @@ class ImageLoader:
 
     def _load(self, path: Path) -> tuple[Tensor, Tensor | None]:
         photo = load_image(path, name=path.name)
-        pixels = torch.from_numpy(np.array(fit_image(photo, self.image_size, "crop"))).permute(2, 0, 1)
-        pixels = pixels.float().div(127.5).sub(1)[None]  # (1, 3, S, S)
+        pixels = self.processor(photo, return_tensors="pt")["pixel_values"]  # (1, 3, S, S)
         if self.mask_dir is None:
             return pixels, None
         mask_path = find_mask(self.mask_dir, path, self.folder)
         mask = load_image(mask_path, name=mask_path.name).convert("L").resize(photo.size, Image.NEAREST)
-        mask = fit_image(mask, self.image_size, "crop", Image.NEAREST)
-        return pixels, (torch.from_numpy(np.array(mask)) > 127).float()[None, None]
+        return pixels, (self.processor.preprocess_mask(mask, return_tensors="pt") > 127).float()

@@ -184,7 +184,7 @@ def _run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         num_projections=config.num_projections, lab_projections=config.lab_projections, seed=config.seed,
     ).to(config.device)
     summaries, grid_rows = evaluate(
-        methods, metrics, ImageLoader(model.config.image_size, mask_dir, data_dir), pairs, reconstruction_images,
+        methods, metrics, ImageLoader(model.config, mask_dir, data_dir), pairs, reconstruction_images,
         config.seed, config.grid_pairs, config.device,
     )
     results = {

@@ -1,4 +1,5 @@
-"""Models bundled with the package, looked up by name: ``coat_hf/pretrained/<name>/`` (config.json + model.safetensors).
+"""Models bundled with the package, looked up by name: ``coat_hf/pretrained/<name>/`` (config.json,
+model.safetensors and preprocessor_config.json, the image processor).
 
 The default is :data:`DEFAULT_MODEL` (``coat-celeba-128``, trained on aligned faces). Until that folder ships,
 the default falls back to :data:`UNTRAINED_MODEL`, a tiny model with random weights that exercises the code
@@ -73,7 +74,8 @@ def model_load_error(name_or_path: str | os.PathLike | None, err: Exception) -> 
 
 def make_placeholder(path: str | os.PathLike = PRETRAINED_DIR / UNTRAINED_MODEL, seed: int = 0,
                      noise_strength: float = 0.1) -> COATModel:
-    """Write the untrained placeholder: the ``tiny`` preset (64 px) with seeded random weights, float32.
+    """Write the untrained placeholder: the ``tiny`` preset (64 px) with seeded random weights, float32, and its
+    image processor.
 
     The noise strengths start at 0 in StyleGAN2 and become non-zero in training; the placeholder sets them to
     ``noise_strength`` so that, like a trained model, its output depends on the noise (and on ``seed``).
@@ -82,6 +84,7 @@ def make_placeholder(path: str | os.PathLike = PRETRAINED_DIR / UNTRAINED_MODEL,
     import torch
 
     from ..configuration_coat import COATConfig
+    from ..image_processing_coat import COATImageProcessor
     from ..modeling_coat import COATModel
 
     torch.manual_seed(seed)
@@ -91,4 +94,5 @@ def make_placeholder(path: str | os.PathLike = PRETRAINED_DIR / UNTRAINED_MODEL,
             if name.endswith("noise.weight"):
                 param.fill_(noise_strength)
     model.save_pretrained(path)
+    COATImageProcessor.from_model_config(model.config).save_pretrained(path)
     return model
