@@ -41,6 +41,19 @@ def test_import_is_light():
     assert not modules & {*EXTRAS, *HEAVY}
 
 
+def test_names_and_submodules_load_on_first_use():
+    out = run_python("""
+        import coat_hf
+        print(coat_hf.pretrained.default_model(), coat_hf.COATConfig.model_type, coat_hf.image_io.IMAGE_EXTENSIONS[0])
+        print(sorted(set(coat_hf.__all__) - set(dir(coat_hf))))
+        try:
+            coat_hf.no_such_thing
+        except AttributeError as err:
+            print(err)
+    """)
+    assert out.splitlines() == ["coat-celeba-128 coat .jpg", "[]", "module 'coat_hf' has no attribute 'no_such_thing'"]
+
+
 def test_core_install_without_extras(tmp_path):
     """The extras' packages made unimportable (as when not installed): the pipeline, the command line and
     ``--list-models`` still work."""
