@@ -13,7 +13,6 @@ DIR`` adds example pairs. Hugging Face Spaces runs this file as is and sets GRAD
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ import PIL.Image  # noqa: E402
 from PIL import ImageOps  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
-from coat_hf.image_io import load_image  # noqa: E402
+from coat_hf.image_io import find_images, load_image, read_pairs_csv  # noqa: E402
 from coat_hf.pipeline_coat import TASK, COATAppearanceTransferPipeline  # noqa: E402
 from coat_hf.pretrained import UNTRAINED_MODEL, is_untrained, resolve_model  # noqa: E402
 from coat_hf.visualization import confidence_heatmap, default_scale  # noqa: E402
@@ -57,9 +56,6 @@ BUNDLED_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
     (("gradio", "media_assets/images/lion.jpg"), ("gradio", "test_data/cheetah2.jpg")),
     (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"), ("gradio", "media_assets/images/groot.jpeg")),
 )
-
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-"""Files that ``--examples DIR`` takes as photos when it has no pairs.csv."""
 
 HEATMAP_HEIGHT = 256
 """Height in pixels of the confidence heatmap (the content's aspect ratio is kept), as of the matches picture."""
@@ -86,6 +82,12 @@ def shown_in_page() -> Iterator[None]:
 def as_n(value: Any) -> Any:
     """The slider's value as the integer n (clients may send 3.0); anything else goes to the pipeline's check."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def as_scale(value: Any) -> Any:
+    """The dropdown's value as the integer scale: the API advertises the choices as strings ("0", "1", ...),
+    clients may also send integers; anything else goes to the pipeline's check."""
+    return int(value) if isinstance(value, str) and value.isdecimal() else value
 
 
 def prepare_example(source: str | os.PathLike, out_dir: Path, stem: str) -> str:
@@ -115,19 +117,16 @@ def bundled_pairs() -> list[tuple[Path, Path]]:
 
 
 def folder_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """(content, style) pairs from ``folder``: the rows of its ``pairs.csv`` (columns ``content,style``, paths
-    relative to the folder) if present, else its images sorted by name and taken two by two."""
+    """(content, style) pairs from ``folder``: the rows of its ``pairs.csv`` (read by
+    :func:`coat_hf.image_io.read_pairs_csv`, as ``coat-transfer --pairs`` reads it) if present, else its images
+    (:func:`coat_hf.image_io.find_images`) taken two by two."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--examples: not a folder: {folder}")
     table = folder / "pairs.csv"
     if table.is_file():
-        with table.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and not {"content", "style"} <= set(rows[0]):
-            raise ValueError(f"--examples: {table} needs the columns 'content' and 'style'")
-        return [(folder / row["content"], folder / row["style"]) for row in rows]
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        return [(Path(row.content), Path(row.style)) for row in read_pairs_csv(table, "--examples")]
+    images = find_images(folder, "--examples")
     if len(images) % 2:
         logger.warning("--examples: %s has an odd number of images; %s is left out", folder, images[-1].name)
     return list(zip(images[0::2], images[1::2]))
@@ -211,15 +210,16 @@ class COATDemo:
         """K: the slider for n runs over 0..K."""
         return self.config.num_modulation_layers
 
-    def scale_choices(self) -> list[tuple[str, int]]:
-        """The correspondence scales, shallow to deep, labelled with their feature grids."""
+    def scale_choices(self) -> list[tuple[str, str]]:
+        """The correspondence scales, shallow to deep, labelled with their feature grids. The values are strings
+        ("0", "1", ...), as Gradio's API advertises a dropdown's values; :func:`as_scale` reads them back."""
         sizes = self.config.feature_sizes
-        return [(f"scale {scale}: {size}x{size} grid", scale) for scale, size in enumerate(sizes)]
+        return [(f"scale {scale}: {size}x{size} grid", str(scale)) for scale, size in enumerate(sizes)]
 
-    def default_scale(self) -> int:
+    def default_scale(self) -> str:
         """The scale the panel starts on: :func:`coat_hf.visualization.default_scale` of this model's grids."""
-        return default_scale([{"scale": scale, "content_size": (size, size)}
-                              for scale, size in enumerate(self.config.feature_sizes)])
+        return str(default_scale([{"scale": scale, "content_size": (size, size)}
+                                  for scale, size in enumerate(self.config.feature_sizes)]))
 
     def transfer(self, content: Any, style: Any, n: Any, scale: Any, progress: gr.Progress = gr.Progress()
                  ) -> tuple[PIL.Image.Image, PIL.Image.Image, int, PIL.Image.Image]:
@@ -234,6 +234,7 @@ class COATDemo:
             content = self.load_input(content, "content")
             style = self.load_input(style, "style")
             progress(0.3, desc="Transferring")
+            scale = as_scale(scale)
             out = self.pipe(content, style, n=as_n(n), return_correspondence=True, correspondence_scale=scale,
                             seed=SEED)
             progress(0.9, desc="Drawing the correspondences")

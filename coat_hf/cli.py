@@ -11,21 +11,19 @@ each failed row prints its own line (naming the CSV line) and the exit status is
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import PIL.Image
-import torch
-from tqdm.auto import tqdm
-from transformers import pipeline
-from transformers.utils import logging as hf_logging
 
-from .image_io import load_image
-from .pipeline_coat import OUTPUT_SIZES, TASK, COATAppearanceTransferPipeline
-from .pretrained import available_models, default_model, resolve_model
+from .image_io import OUTPUT_SIZES, load_image, read_pairs_csv
+from .pretrained import available_models, default_model, describe_model, model_load_error, resolve_model
+
+if TYPE_CHECKING:  # torch and transformers load after the arguments are checked: --help stays fast
+    from .pipeline_coat import COATAppearanceTransferPipeline
 
 PROG = "coat-transfer"
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -48,6 +46,8 @@ def _writable(path: Path) -> bool:
 
 def _device_error(name: str) -> str | None:
     """Why ``--device name`` cannot run COAT here, or None."""
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed for the decoder's noise (reproducible results)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the first GPU if any, else cpu)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per model call with --pairs (default 8)")
-    parser.add_argument("--list-models", action="store_true", help="list the bundled models and exit")
+    parser.add_argument("--list-models", action="store_true",
+                        help="list the bundled models, one line each, and exit")
     return parser
 
 
@@ -122,62 +123,37 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def _read_pairs(csv_path: Path, out_dir: Path) -> list[dict]:
-    """Rows of the CSV as {"line", "content", "style", "output"}, paths resolved (URLs kept as they are).
+    """Rows of the CSV as {"line", "content", "style", "output"} (see :func:`coat_hf.image_io.read_pairs_csv`);
+    an empty output cell names the result after the row, content and style.
 
     Outputs must be relative paths inside ``out_dir`` (no ``..``), each row's its own, and none may be an input.
     """
-    if not csv_path.is_file():
-        raise ValueError(f"--pairs: file not found: {csv_path}")
     out_root = _file_key(out_dir)
     inputs: dict[str, int] = {}  # input file -> the first line that reads it
     outputs: dict[str, int] = {}
     rows = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        try:
-            columns = set(reader.fieldnames or ())
-            if not {"content", "style"} <= columns:
-                raise ValueError(f"--pairs: {csv_path} needs the columns content,style[,output]; got {sorted(columns)}")
-            for row in reader:
-                row = _pair_row(row, reader.line_num, csv_path, out_dir, len(rows))
-                where = f"--pairs: {csv_path} line {row['line']}"
-                for key in ("content", "style"):
-                    if not _is_url(row[key]):
-                        inputs.setdefault(_file_key(row[key]), row["line"])
-                output = _file_key(row["output"])
-                if os.path.commonpath([output, out_root]) != out_root:
-                    raise ValueError(f"{where}: output {str(row['output'])!r} leads out of --out-dir")
-                if output in outputs:
-                    raise ValueError(f"{where}: output {str(row['output'])!r} is also line {outputs[output]}'s")
-                outputs[output] = row["line"]
-                rows.append(row)
-        except csv.Error as err:  # raised before the reader counts the line it is in
-            raise ValueError(f"--pairs: {csv_path} line {reader.line_num + 1}: {err}") from None
-        except UnicodeDecodeError as err:
-            raise ValueError(f"--pairs: {csv_path} is not UTF-8 text ({err.reason})") from None
+    for i, pair in enumerate(read_pairs_csv(csv_path, "--pairs")):
+        where = f"--pairs: {csv_path} line {pair.line}"
+        output = pair.output or f"{i:04d}_{Path(pair.content).stem}_{Path(pair.style).stem}.png"
+        if Path(output).is_absolute() or ".." in Path(output).parts:
+            raise ValueError(f"{where}: output {output!r} must be a relative path inside --out-dir, without '..'")
+        if not _writable(Path(output)):
+            raise ValueError(f"{where}: cannot write the image format of output {output!r}")
+        for value in (pair.content, pair.style):
+            if not _is_url(value):
+                inputs.setdefault(_file_key(value), pair.line)
+        key = _file_key(out_dir / output)
+        if os.path.commonpath([key, out_root]) != out_root:
+            raise ValueError(f"{where}: output {output!r} leads out of --out-dir")
+        if key in outputs:
+            raise ValueError(f"{where}: output {output!r} is also line {outputs[key]}'s")
+        outputs[key] = pair.line
+        rows.append({"line": pair.line, "content": pair.content, "style": pair.style, "output": out_dir / output})
     for output, line in outputs.items():
         if output in inputs:
             raise ValueError(f"--pairs: {csv_path} line {line}: the output would overwrite an input image of line "
                              f"{inputs[output]}")
-    if not rows:
-        raise ValueError(f"--pairs: {csv_path} has no pairs")
     return rows
-
-
-def _pair_row(row: dict, line: int, csv_path: Path, out_dir: Path, index: int) -> dict:
-    """One CSV row as {"line", "content", "style", "output"}; relative inputs are read from the CSV's folder."""
-    where = f"--pairs: {csv_path} line {line}"
-    content, style = (row.get("content") or "").strip(), (row.get("style") or "").strip()
-    if not content or not style:
-        raise ValueError(f"{where}: empty content or style")
-    output = (row.get("output") or "").strip() or f"{index:04d}_{Path(content).stem}_{Path(style).stem}.png"
-    if Path(output).is_absolute() or ".." in Path(output).parts:
-        raise ValueError(f"{where}: output {output!r} must be a relative path inside --out-dir, without '..'")
-    if not _writable(Path(output)):
-        raise ValueError(f"{where}: cannot write the image format of output {output!r}")
-    return {"line": line, **{key: value if _is_url(value) else str(csv_path.parent / value)
-                             for key, value in (("content", content), ("style", style))},
-            "output": out_dir / output}
 
 
 def _save(image: PIL.Image.Image, path: Path) -> None:
@@ -189,6 +165,8 @@ def _run_pairs(pipe: COATAppearanceTransferPipeline, rows: list[dict], args: arg
                ) -> list[str]:
     """Transfer every row, ``args.batch_size`` pairs per model call. A row whose images cannot be read or whose
     result cannot be written does not stop the others; returns those rows' errors, each naming its line."""
+    from tqdm.auto import tqdm
+
     failures, written = [], 0
     with tqdm(total=len(rows), unit="pair", desc=PROG) as bar:
         for start in range(0, len(rows), args.batch_size):
@@ -215,14 +193,14 @@ def _run_pairs(pipe: COATAppearanceTransferPipeline, rows: list[dict], args: arg
 
 def _load_pipeline(model: str | None, device: str | None) -> COATAppearanceTransferPipeline:
     """The pipeline for a bundled name, a local folder or a Hub id (default: the bundled default)."""
+    from transformers import pipeline
+
+    from .pipeline_coat import TASK
+
     try:
         return pipeline(TASK, model=resolve_model(model), device=device)
     except (OSError, ValueError) as err:
-        lines = (str(err).strip() or type(err).__name__).splitlines()
-        # transformers' pipeline wraps the loader's error, traceback and all: its last line is the reason.
-        reason = lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0]
-        raise ValueError(f"--model: cannot load {model or default_model()!r} (bundled models: "
-                         f"{', '.join(available_models())}): {reason}") from None
+        raise model_load_error(model, err) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,8 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     if args.list_models:
-        print("\n".join(f"{name}{' (default)' if name == default_model() else ''}" for name in available_models()))
+        names = {name: f"{name} (default)" if name == default_model() else name for name in available_models()}
+        width = max(map(len, names.values()))
+        print("\n".join(f"{label:<{width}}  {describe_model(name)}" for name, label in names.items()))
         return 0
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # transformers' weight-loading bar; ours counts pairs
     try:
         # The CSV, or the single pair's images, are checked before the model loads: bad paths fail fast.

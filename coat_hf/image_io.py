@@ -1,4 +1,11 @@
-"""Loading and checking input images, and converting between PIL images and COAT's pixel values.
+"""COAT's image and data layer: loading and checking images, finding images, class sub-folders and masks in
+folders, and reading pairs files.
+
+The pipeline, the command line, the app, the evaluation and training all read images through this module:
+:data:`IMAGE_EXTENSIONS` is the one list of image file extensions, :func:`find_images` the one folder walk
+(class sub-folders included), :func:`find_mask` the one mask lookup and :func:`read_pairs_csv` the one reader
+of ``content,style[,output]`` CSV files. The geometry that turns a loaded image into the model's input belongs
+to the image processor saved with the model, :class:`~coat_hf.image_processing_coat.COATImageProcessor`.
 
 Every loading failure becomes a ``ValueError`` whose message starts with the argument's name
 (``"content: ..."``, ``"style: ..."``), so callers never see a traceback from deep inside PIL or torch.
@@ -7,24 +14,29 @@ Every loading failure becomes a ``ValueError`` whose message starts with the arg
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
+import logging
 import os
 import struct
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import PIL.Image
 import requests
-import torch
-from diffusers.utils import load_image as diffusers_load_image
-from torch import Tensor
-from torchvision.transforms import v2
+from PIL import ImageOps
 
-ImageInput = Union[PIL.Image.Image, str, os.PathLike, np.ndarray]
+if TYPE_CHECKING:  # torch is not needed to load images: `import coat_hf.image_io` stays light
+    from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[PIL.Image.Image, str, os.PathLike, np.ndarray, bytes]
 
 MIN_IMAGE_SIDE = 16
 """Images with a side below this many pixels are refused."""
@@ -59,6 +71,12 @@ MAX_DOWNLOAD_BYTES: int = _positive_setting("COAT_MAX_DOWNLOAD_BYTES", 100 * 2**
 _DOWNLOAD_CHUNK = 2**16
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _ICO_MAGIC = b"\x00\x00\x01\x00"
+
+REQUEST_TIMEOUT_S = 60
+"""Seconds a URL download may wait for the server to connect or send (as diffusers' ``load_image``)."""
+
+OUTPUT_SIZES = ("content", "model")
+"""How a result is sized: like the content image, or the model's square ``image_size``."""
 
 _INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit, and 32-bit integer greyscale
 
@@ -197,8 +215,8 @@ def load_image(image: ImageInput, name: str = "image", label: str | None = None)
     """Load and check one input image; returns an 8-bit RGB PIL image, upright per its EXIF orientation.
 
     Args:
-        image: a PIL image, a file path, an ``http(s)://`` URL, or a numpy array (H, W) or (H, W, C) uint8
-            with C in 1, 3, 4.
+        image: a PIL image, a file path, an ``http(s)://`` URL, the bytes of an image file, or a numpy array
+            (H, W) or (H, W, C) uint8 with C in 1, 3, 4.
         name: the argument's name, which starts every error message.
         label: how error messages refer to a file or URL (default: the path or URL itself); a server that
             must not show its paths passes the file's public name.
@@ -218,6 +236,8 @@ def load_image(image: ImageInput, name: str = "image", label: str | None = None)
         image = PIL.Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     elif isinstance(image, PIL.Image.Image):
         _check_size(image.size, name)
+    elif isinstance(image, (bytes, bytearray)):
+        image = _open(io.BytesIO(image), name, "the image data")
     elif isinstance(image, (str, os.PathLike)):
         source = os.fspath(image)
         label = source if label is None else label
@@ -234,26 +254,144 @@ def load_image(image: ImageInput, name: str = "image", label: str | None = None)
             image = _open(source, name, label)
     else:
         raise ValueError(
-            f"{name}: expected a PIL image, a file path, a URL or a uint8 numpy array, got {type(image).__name__}"
+            f"{name}: expected a PIL image, a file path, a URL, image bytes or a uint8 numpy array, got "
+            f"{type(image).__name__}"
         )
     try:
-        # diffusers' loader: EXIF orientation (ImageOps.exif_transpose), then our conversion to RGB. Decodes.
-        return diffusers_load_image(image, convert_method=to_rgb)
+        # EXIF orientation, then the conversion to RGB. Decodes.
+        return to_rgb(ImageOps.exif_transpose(image))
     except (OSError, SyntaxError, EOFError) as err:
         raise ValueError(f"{name}: the image is truncated or corrupt: {err}") from None
 
 
-def pixel_transform(image_size: int) -> v2.Compose:
-    """RGB PIL image -> (3, S, S) float in [-1, 1]: the whole image resized to S x S (aspect ratio not kept)."""
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize((image_size, image_size), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-    ])
-
-
 def to_pil(pixel_values: Tensor) -> PIL.Image.Image:
     """(3, H, W) in [-1, 1] (any float dtype) -> RGB PIL image; values outside are clipped."""
-    rgb = ((pixel_values.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, H, W)
+    rgb = ((pixel_values.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()  # (3, H, W) uint8
     return PIL.Image.fromarray(rgb.permute(1, 2, 0).cpu().numpy())
+
+
+def load_image_or_skip(image: ImageInput, name: str = "image") -> PIL.Image.Image | None:
+    """:func:`load_image`, but an unreadable image (missing, truncated, not an image, a decompression bomb, ...)
+    is logged as a warning and gives ``None``: for datasets that pass over bad files."""
+    try:
+        return load_image(image, name)
+    except ValueError as err:
+        logger.warning("skipping an unreadable image: %s", err)
+        return None
+
+
+# --- Folders, class sub-folders and masks --------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+"""The file extensions (lower case) taken as images wherever a folder is read."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file with one of the :data:`IMAGE_EXTENSIONS`."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def find_images(folder: str | os.PathLike, name: str = "data folder") -> list[Path]:
+    """The image files of ``folder`` and of its sub-folders (class folders such as ``afhq/{cat,dog,wild}``),
+    sorted by their path relative to ``folder``. Hidden files and folders are left out.
+
+    Raises:
+        ValueError: ``folder`` is not a folder (the message starts with ``name``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{name}: not a folder: {folder}")
+    images = [p for p in folder.rglob("*")
+              if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(images, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def image_class(path: str | os.PathLike, folder: str | os.PathLike) -> str | None:
+    """The class of an image found by :func:`find_images`: the name of the sub-folder holding it, or ``None`` for
+    an image directly in ``folder``."""
+    parent = Path(path).relative_to(folder).parent
+    return None if parent == Path() else parent.name
+
+
+def image_and_mask_folders(data_dir: str | os.PathLike,
+                           mask_dir: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
+    """Where images and their masks are: a ``data_dir`` with ``images/`` and ``masks/`` sub-folders (e.g.
+    ``horses/``) means both, unless ``mask_dir`` is given."""
+    root = Path(data_dir)
+    if mask_dir is None and (root / "images").is_dir() and (root / "masks").is_dir():
+        return root / "images", root / "masks"
+    return root, None if mask_dir is None else Path(mask_dir)
+
+
+def find_mask(mask_dir: str | os.PathLike, image_path: str | os.PathLike,
+              folder: str | os.PathLike | None = None) -> Path:
+    """The mask of ``image_path``: the file with the same stem and any image extension in ``mask_dir`` (in the
+    same class sub-folder there first, when ``folder`` is the image folder that ``image_path`` was found in).
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    image_path, mask_dir = Path(image_path), Path(mask_dir)
+    places = [mask_dir]
+    if folder is not None and image_path.parent != Path(folder):
+        places.insert(0, mask_dir / image_path.relative_to(folder).parent)
+    for place in places:
+        for extension in dict.fromkeys((image_path.suffix, *IMAGE_EXTENSIONS)):
+            candidate = place / f"{image_path.stem}{extension}"
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"no mask for {image_path.name} in {mask_dir}")
+
+
+# --- Pairs files ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One row of a pairs file: its line number, the content and style images (paths resolved against the
+    file's folder, URLs as written) and the ``output`` cell (as written; ``None`` when empty or absent)."""
+
+    line: int
+    content: str
+    style: str
+    output: str | None = None
+
+
+def read_pairs_csv(path: str | os.PathLike, name: str = "pairs") -> list[PairRow]:
+    """The rows of a CSV with the columns ``content,style[,output]`` (UTF-8, a byte-order mark allowed).
+
+    Relative image paths are read from the CSV's folder; ``http(s)://`` URLs are kept. Used by
+    ``coat-transfer --pairs`` and the app's ``--examples`` folder (``pairs.csv``).
+
+    Raises:
+        ValueError, starting with ``name``: the file is missing, is not UTF-8, is not valid CSV (a field over
+            csv's 128 KiB limit included), lacks a column, has an empty content or style cell, or has no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{name}: file not found: {path}")
+
+    def resolve(value: str) -> str:
+        return value if value.startswith(("http://", "https://")) else str(path.parent / value)
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        rows = []
+        try:
+            columns = set(reader.fieldnames or ())
+            if not {"content", "style"} <= columns:
+                raise ValueError(f"{name}: {path} needs the columns content,style[,output]; got {sorted(columns)}")
+            for row in reader:
+                content, style = (row.get("content") or "").strip(), (row.get("style") or "").strip()
+                if not content or not style:
+                    raise ValueError(f"{name}: {path} line {reader.line_num}: empty content or style")
+                rows.append(PairRow(reader.line_num, resolve(content), resolve(style),
+                                    (row.get("output") or "").strip() or None))
+        except csv.Error as err:  # e.g. a field over csv's 128 KiB limit; raised before the line is counted
+            raise ValueError(f"{name}: {path} line {reader.line_num + 1}: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{name}: {path} is not UTF-8 text ({err.reason})") from None
+    if not rows:
+        raise ValueError(f"{name}: {path} has no pairs")
+    return rows

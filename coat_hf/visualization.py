@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
@@ -64,9 +64,16 @@ def _scale(matches: Matches, scale: int | None) -> Mapping:
     return matches[scale]
 
 
+def _rgba(values: Tensor, colormap: str) -> np.ndarray:
+    """Values in [0, 1], any shape -> uint8 RGBA of a matplotlib colormap, shape (..., 4)."""
+    import matplotlib  # imported on first drawing: `import coat_hf` stays light
+
+    return matplotlib.colormaps[colormap](values.clamp(0, 1).numpy(), bytes=True)
+
+
 def _colours(values: Tensor, colormap: str) -> list[tuple[int, int, int]]:
     """Values in [0, 1] -> RGB colours of a matplotlib colormap."""
-    rgba = matplotlib.colormaps[colormap](values.clamp(0, 1).numpy(), bytes=True)  # (M, 4) uint8
+    rgba = _rgba(values, colormap)  # (M, 4) uint8
     return [tuple(int(c) for c in colour[:3]) for colour in rgba]
 
 
@@ -104,7 +111,7 @@ def confidence_heatmap(
         colormap: a matplotlib colormap name; low confidence at its start.
     """
     q = confidence_map(matches, size, scale)  # (H, W)
-    rgba = matplotlib.colormaps[colormap](q.numpy(), bytes=True)  # (H, W, 4) uint8
+    rgba = _rgba(q, colormap)  # (H, W, 4) uint8
     heatmap = PIL.Image.fromarray(rgba[..., :3])
     if image is None:
         return heatmap

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # app.py sits at the repository root (Spaces' app_file), beside the package
 
 import app  # noqa: E402
-from coat_hf.image_io import MAX_IMAGE_PIXELS, load_image, pixel_transform  # noqa: E402
+from coat_hf.image_io import MAX_IMAGE_PIXELS, load_image  # noqa: E402
 from coat_hf.pretrained import UNTRAINED_MODEL, available_models, default_model, resolve_model  # noqa: E402
 
 
@@ -61,9 +61,8 @@ def test_transfer_returns_result_and_correspondence_panel(demo, photos):
         assert heatmap.size == (app.HEATMAP_HEIGHT, app.HEATMAP_HEIGHT) and heatmap.mode == "RGB"
         assert matches.width > matches.height  # content and style side by side
         # The count is the confident set p of Eq. 3 at that scale, as the model itself finds it.
-        transform = pixel_transform(demo.config.image_size)
-        out = demo.pipe.model(transform(load_image(content))[None], transform(load_image(style))[None],
-                              output_correspondence=True)
+        pixels = demo.pipe.image_processor([load_image(content), load_image(style)], return_tensors="pt")
+        out = demo.pipe.model(*pixels["pixel_values"].split(1), output_correspondence=True)
         assert count == int(out.correspondences[scale].mutual.sum()) > 0
 
 
@@ -155,7 +154,7 @@ def test_page_has_the_controls(demo):
     slider = by_id["n"]
     assert (slider.minimum, slider.maximum, slider.step, slider.value) == (0, k, 1, demo.config.default_n)
     assert "lower n = more of the style" in slider.info.lower()
-    assert [value for _, value in by_id["scale"].choices] == list(range(demo.config.num_scales))
+    assert [value for _, value in by_id["scale"].choices] == [str(s) for s in range(demo.config.num_scales)]
     for name in ("content", "style"):
         assert set(by_id[name].sources) == {"upload", "clipboard", "webcam"}
     assert {"result", "matches", "heatmap", "count", "strip", "run", "sweep"} <= set(by_id)
@@ -198,7 +197,10 @@ def test_examples_from_a_folder(tmp_path):
     assert Path(examples[0][0]).name == "00-content-e.png" and Path(examples[0][1]).name == "00-style-a.png"
 
     (folder / "pairs.csv").write_text("first,second\ne.png,a.png\n")
-    with pytest.raises(ValueError, match="columns 'content' and 'style'"):
+    with pytest.raises(ValueError, match=r"--examples: .* needs the columns content,style\[,output\]"):
+        app.folder_pairs(folder)
+    (folder / "pairs.csv").write_text("content,style\n")  # the rules of coat-transfer --pairs
+    with pytest.raises(ValueError, match="--examples: .* has no pairs"):
         app.folder_pairs(folder)
     with pytest.raises(ValueError, match="--examples: not a folder"):
         app.folder_pairs(folder / "nope")
@@ -318,6 +320,21 @@ def test_client_predicts_at_both_ends_of_the_slider(client, demo, photos):
     assert not np.array_equal(results[0], results[k])
 
 
+def test_client_accepts_the_advertised_scales(client, demo, photos):
+    """Every scale value that the API advertises (view_api) is accepted, as the string it advertises."""
+    from gradio_client import handle_file
+
+    info = client.view_api(return_format="dict", print_info=False)
+    scale = next(p for p in info["named_endpoints"]["/transfer"]["parameters"] if p["parameter_name"] == "scale")
+    advertised = scale["type"]["enum"]
+    assert advertised == [str(s) for s in range(demo.config.num_scales)] and scale["type"]["type"] == "string"
+    assert scale["python_type"]["type"] == "Literal[" + ", ".join(f"'{s}'" for s in advertised) + "]"
+    content, style = (str(p) for p in photos)
+    for value in advertised:
+        count = client.predict(handle_file(content), handle_file(style), 1, value, api_name="/transfer")[2]
+        assert count == demo.transfer(content, style, 1, int(value))[2] == demo.transfer(content, style, 1, value)[2]
+
+
 def test_client_sweep(client, demo, photos):
     from gradio_client import handle_file
 
@@ -403,28 +420,48 @@ def test_python_app_py_binds_where_spaces_says(tmp_path):
 # --- Spaces ---------------------------------------------------------------------------------------------------
 
 
-def imported_distributions(paths: list[Path]) -> set[str]:
-    """Distributions (normalised names) that the given source files import at top level, standard library aside."""
+def imported_distributions(entry: Path) -> set[str]:
+    """Distributions (normalised names) that ``entry`` and the coat_hf modules it reaches import, at top level or
+    inside functions, standard library aside."""
     import ast
     import importlib.metadata
 
     from packaging.utils import canonicalize_name
 
+    def module_path(name: str) -> Path | None:
+        base = REPO.joinpath(*name.split("."))
+        return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
     providers = importlib.metadata.packages_distributions()
-    modules = set()
-    for path in paths:
+    modules, seen, todo = set(), set(), [("", entry)]
+    while todo:
+        package, path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                modules |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                modules.add(node.module.split(".")[0])
-    modules -= set(sys.stdlib_module_names) | {"coat_hf"}
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolved against the importing module's package
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parent, *filter(None, [node.module])])
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] != "coat_hf":
+                    modules.add(name.split(".")[0])
+                elif (found := module_path(name)) is not None:
+                    todo.append((name if found.name == "__init__.py" else name.rpartition(".")[0], found))
+    modules -= set(sys.stdlib_module_names) | {"coat_hf", ""}
     return {canonicalize_name(dist) for module in modules for dist in providers[module]}
 
 
 def test_spaces_requirements_cover_what_the_app_imports():
-    """requirements.txt installs everything app.py and the coat_hf package import (gradio comes with the
-    Spaces SDK), with pyproject.toml's version bounds."""
+    """requirements.txt installs everything app.py and the coat_hf modules it reaches import (gradio comes with
+    the Spaces SDK), with pyproject.toml's version bounds, and nothing the app does not use."""
     tomllib = pytest.importorskip("tomllib")
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
@@ -432,9 +469,10 @@ def test_spaces_requirements_cover_what_the_app_imports():
     lines = (REPO / "requirements.txt").read_text().splitlines()
     required = {canonicalize_name(r.name): r.specifier
                 for r in (Requirement(line) for line in lines if line.strip() and not line.startswith("#"))}
-    sources = [REPO / "app.py", *sorted((REPO / "coat_hf").rglob("*.py"))]
-    missing = imported_distributions(sources) - set(required) - {"gradio"}
-    assert not missing, f"requirements.txt lacks {sorted(missing)}"
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    bounds = {canonicalize_name(r.name): r.specifier for r in map(Requirement, project)}
+    used = imported_distributions(REPO / "app.py") - {"gradio"}
+    assert used - set(required) == set(), "requirements.txt lacks these"
+    assert set(required) - used == set(), "requirements.txt installs these, which the app does not import"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    bounds = {canonicalize_name(r.name): r.specifier for r in map(Requirement, requirements)}
     assert {name: spec for name, spec in required.items() if name in bounds and bounds[name] != spec} == {}

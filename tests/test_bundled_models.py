@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from coat_hf import COATModel
-from coat_hf.image_io import load_image, pixel_transform
+from coat_hf.image_io import load_image
+from coat_hf.image_processing_coat import COATImageProcessor
 from coat_hf.pretrained import DEFAULT_MODEL, UNTRAINED_MODEL, available_models, default_model, resolve_model
 
 TRAINED = [name for name in available_models() if name != UNTRAINED_MODEL]
@@ -26,14 +27,16 @@ def test_bundled_model_loads_and_is_small(name):
     assert (folder / "README.md").exists()
     model = COATModel.from_pretrained(folder, dtype=torch.float32).eval()
     assert model.config.image_size >= 128
+    processor = COATImageProcessor.from_pretrained(folder)  # saved with the model
+    assert processor.to_dict() == COATImageProcessor.from_model_config(model.config).to_dict()
     x = torch.zeros(1, 3, model.config.image_size, model.config.image_size)
     with torch.no_grad():
         assert torch.isfinite(model(x, x).images).all()
 
 
 def _psnr(model: COATModel, paths: list[Path]) -> float:
-    transform = pixel_transform(model.config.image_size)
-    x = torch.stack([transform(load_image(str(p), "image")) for p in paths])
+    processor = COATImageProcessor.from_model_config(model.config)
+    x = processor([load_image(str(p), "image") for p in paths], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         out = model(x, x, generator=torch.Generator().manual_seed(0)).images.clamp(-1, 1)
     mse = ((out - x) / 2).pow(2).flatten(1).mean(1)

@@ -206,7 +206,12 @@ def test_usage_errors_exit_2(argv, capsys):
 
 def test_list_models(capsys):
     assert main(["--list-models"]) == 0
-    assert pretrained.UNTRAINED_MODEL in capsys.readouterr().out.split()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == pretrained.available_models()  # one line per model
+    for line, name in zip(lines, pretrained.available_models()):
+        assert line.split(maxsplit=1)[1].removeprefix("(default)").strip() == pretrained.describe_model(name)
+    assert "aligned faces, 128 px" in next(line for line in lines if line.startswith("coat-celeba-128 (default)"))
+    assert "untrained" in next(line for line in lines if line.startswith(pretrained.UNTRAINED_MODEL))
 
 
 def test_installed_console_script_offline(pair, tmp_path):

@@ -31,7 +31,10 @@ from conftest import make_shape_image
 from torch import Tensor, nn
 
 from coat_hf import COATConfig, COATModel
+from coat_hf.training.arguments import parse_arguments
+from coat_hf.training.trainer import Trainer
 from coat_hf.convert_stylegan2 import (
+    PAPER_TRAIN_CONFIG,
     UnsafePickleError,
     coat_config_for,
     convert_checkpoint,
@@ -503,6 +506,28 @@ def test_nvlabs_generators_the_decoder_cannot_express_are_refused(change, messag
         load_decoder(COATModel(coat_config_for(generator, encoder_channels=[8, 16])), generator)
 
 
+def test_train_config_comes_from_the_recipe_shipped_in_the_package(tmp_path: Path) -> None:
+    package = Path(importlib.util.find_spec("coat_hf").origin).parent
+    assert PAPER_TRAIN_CONFIG.is_relative_to(package) and PAPER_TRAIN_CONFIG.is_file()  # in wheels too
+    recipe = yaml.safe_load(PAPER_TRAIN_CONFIG.read_text())
+    training_copy = REPO / "training" / "configs" / "paper-256.yaml"
+    if training_copy.is_file():  # while training keeps its own copy, the two agree
+        assert yaml.safe_load(training_copy.read_text()) == recipe
+    out = tmp_path / "coat"
+    main([str(write_nvlabs(tmp_path / "g.pkl", Generator(seed=12))), "--out", str(out), "--encoder-channels", "8", "16"])
+    train_config = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert train_config["train_modules"] == "encoders" and "model_preset" not in train_config
+    assert {k: train_config[k] for k in ("batch_size", "learning_rate", "max_steps", "lr_scheduler")} == {
+        k: recipe[k] for k in ("batch_size", "learning_rate", "max_steps", "lr_scheduler")}
+
+
+def test_command_runs_as_a_module() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "coat_hf.convert_stylegan2", "--help"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "--encoder-channels" in done.stdout, done.stderr
+
+
 @pytest.mark.slow
 def test_cli_then_training_keeps_the_imported_decoder_frozen(tmp_path: Path) -> None:
     g_ema = Generator(seed=11)
@@ -516,16 +541,12 @@ def test_cli_then_training_keeps_the_imported_decoder_frozen(tmp_path: Path) -> 
     data_dir.mkdir()
     for i in range(4):
         make_shape_image(SIZE, seed=i).save(data_dir / f"img{i}.png")
-    spec = importlib.util.spec_from_file_location("coat_train_for_convert_test", REPO / "training" / "train.py")
-    train_script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = train_script  # dataclasses resolve the script's annotations through it
-    spec.loader.exec_module(train_script)
-    export = train_script.train(train_script.parse_config([
+    export = Trainer(parse_arguments([
         "--config", str(out / "train_config.yaml"), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"),
         "--max_steps", "2", "--batch_size", "2", "--mixed_precision", "no", "--report_to", "none",
         "--num_workers", "0", "--lr_warmup_steps", "0", "--sample_every", "100", "--checkpoint_every", "100",
-        "--model_overrides", "{lambda_lpips: 0.0, ccl_num_positions: 16}",
-    ]))
+        "--lambda_lpips", "0", "--ccl_num_positions", "16",
+    ])).train()
     trained = COATModel.from_pretrained(export)
     for name, value in converted.decoder.state_dict().items():
         assert torch.equal(trained.decoder.state_dict()[name], value), name

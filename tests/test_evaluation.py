@@ -23,8 +23,11 @@ from coat_hf.evaluation import (
 )
 from coat_hf.evaluation.__main__ import main
 from coat_hf.evaluation.color import lab_to_rgb, rgb_to_lab
+from coat_hf import COATConfig
 from coat_hf.evaluation.pairs import ImageLoader, list_images, sample_images, sample_pairs
+from coat_hf.evaluation.report import plot_tradeoff
 from coat_hf.evaluation.runner import OUTPUT_FILES
+from coat_hf.pretrained import default_model
 
 SIZE = 64
 
@@ -203,9 +206,41 @@ def test_pairs_are_seeded_and_filtered(photo_folder):
 
 
 def test_loader_resizes_photo_and_mask(photo_folder):
-    image, mask = ImageLoader(32, photo_folder / "masks")(photo_folder / "images" / "img00.jpg")
+    config = COATConfig(image_size=32)
+    image, mask = ImageLoader(config, photo_folder / "masks")(photo_folder / "images" / "img00.jpg")
     assert image.shape == (1, 3, 32, 32) and image.min() >= -1 and image.max() <= 1
     assert mask.shape == (1, 1, 32, 32) and set(mask.unique().tolist()) == {0.0, 1.0}
+
+
+def test_nested_class_folders_and_their_masks(tmp_path):
+    """Class sub-folders (as training reads them): every image, sorted by relative path; masks from the same
+    class sub-folder of the mask folder."""
+    for i, name in enumerate(["cat/b.png", "cat/a.png", "dog/a.png", "top.png"]):
+        for root, image in (("images", make_shape_image(48, i)), ("masks", Image.new("L", (48, 48), 255 * (i % 2)))):
+            (tmp_path / root / name).parent.mkdir(parents=True, exist_ok=True)
+            image.save(tmp_path / root / name)
+    images = list_images(tmp_path / "images")
+    assert [p.relative_to(tmp_path / "images").as_posix() for p in images] == [
+        "cat/a.png", "cat/b.png", "dog/a.png", "top.png"]
+    loader = ImageLoader(COATConfig(image_size=32), tmp_path / "masks", tmp_path / "images")
+    assert [loader(path)[1].mean().item() for path in images] == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_tradeoff_labels_do_not_overlap(tmp_path):
+    """Twelve COAT points within a pixel of each other: the labels left are apart, both ends among them."""
+    def method(name, family, n, structure, vgg, lab):
+        return {"name": name, "family": family, "n": n, "transfer": {
+            "structure_distance": {"mean": structure}, "swd_vgg": {"mean": vgg}, "swd_lab": {"mean": lab}}}
+
+    methods = [method(f"coat n={n}", "coat", n, 0.098 + 1e-5 * n, 0.937, 13.2 + 1e-3 * n) for n in range(13)]
+    methods += [method("content", "content", None, 0.0, 0.74, 14.9), method("style", "style", None, 0.1, 0.0, 0.0)]
+    figure = plot_tradeoff({"methods": methods, "pairs": [None] * 50}, tmp_path / "tradeoff.png")
+    for ax in figure.axes[:2]:
+        labels = [text for text in ax.texts if text.get_text().startswith("n=")]
+        assert {"n=0", "n=12"} <= {text.get_text() for text in labels}
+        boxes = [text.get_window_extent() for text in labels]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert (tmp_path / "tradeoff.png").is_file()
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -234,6 +269,36 @@ def test_cli_writes_all_outputs(photo_folder, tiny_model, tmp_path):
     assert results["machine"]["torch_threads"] == 1 and torch.get_num_threads() == threads  # restored
     with Image.open(out / "grid.png") as grid:
         assert grid.size == (7 * SIZE, 3 * SIZE)  # header + 2 pairs; content, style and 5 methods
+
+
+def test_cli_defaults_to_the_bundled_model_and_reads_class_folders(tmp_path):
+    for i, name in enumerate(["cat/a.png", "cat/b.png", "dog/c.png"]):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        make_shape_image(64, i).save(tmp_path / "data" / name)
+    out = tmp_path / "eval"
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--num-pairs", "2", "--num-reconstruction", "1",
+                 "--n", "0", "--grid-pairs", "1", "--grid-size", "16", "--structure-grid", "8", "--device", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["model"] == default_model()
+    assert {name for pair in results["pairs"] for name in pair.values()} <= {"cat/a.png", "cat/b.png", "dog/c.png"}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "--data: not a folder"),
+    ("one image", "--data: need at least 2 images"),
+    ("bad model", "--model: cannot load"),
+])
+def test_cli_user_errors_print_one_line_and_exit_2(tmp_path, capsys, case, message):
+    data = tmp_path / "data"
+    if case != "missing":
+        data.mkdir()
+        for i in range(1 if case == "one image" else 3):
+            make_shape_image(32, i).save(data / f"{i}.png")
+    model = ["--model", str(tmp_path)] if case == "bad model" else []  # a folder without a model
+    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--num-pairs", "2", *model]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m coat_hf.evaluation: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 # --- benchmark script ---------------------------------------------------------------------------

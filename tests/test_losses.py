@@ -24,7 +24,7 @@ from coat_hf.losses import (
     mse_loss,
     reconstruction_loss,
 )
-from coat_hf.lpips_weights import backbone_state_dict, load_lpips, load_numpy_pickle, load_vgg16_features
+from coat_hf.lpips_weights import FETCH_COMMAND, backbone_state_dict, load_lpips, load_numpy_pickle, load_vgg16_features
 
 
 DATA_DIR = Path(os.environ.get("COAT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -193,7 +193,7 @@ def test_masked_mse_matches_reference():
 
 @pytest.fixture(scope="module")
 def alex() -> lpips.LPIPS:
-    return load_lpips("alex")  # the first run fetches the weights (see coat_hf.lpips_weights)
+    return load_lpips("alex")  # weights fetched once by `python -m coat_hf.lpips_weights` (README: tests)
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +294,16 @@ def test_lpips_model_is_frozen_with_real_backbone(alex):
     assert not alex.training and not any(p.requires_grad for p in alex.parameters())
     first_conv = backbone_state_dict("alex")["features.0.weight"]
     assert first_conv.shape == (64, 3, 11, 11) and torch.equal(alex.net.slice1[0].weight, first_conv)
+
+
+def test_missing_weights_name_the_fetch_command(tmp_path, monkeypatch):
+    """Loading never downloads: without local weights it says which command fetches them."""
+    monkeypatch.setenv("COAT_HF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    for load in (lambda: load_lpips("alex"), load_vgg16_features):
+        with pytest.raises(FileNotFoundError, match=f"fetch them once with: {FETCH_COMMAND} --net (alex|vgg)"):
+            load()
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "hub").exists()
 
 
 def test_vgg16_features_have_the_imagenet_weights():

@@ -24,7 +24,7 @@ from transformers import pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 import coat_hf
-from coat_hf import COATAppearanceTransferPipeline, COATModel, image_io, pretrained
+from coat_hf import COATAppearanceTransferPipeline, COATImageProcessor, COATModel, image_io, pretrained
 from coat_hf.image_io import MIN_IMAGE_SIDE, load_image, to_rgb
 from coat_hf.pipeline_coat import TASK, _as_pairs
 from coat_hf.visualization import confidence_heatmap, default_scale, draw_matches
@@ -55,10 +55,22 @@ def pixels(image: PIL.Image.Image) -> np.ndarray:
 # --- registration and bundled models -------------------------------------------------------------------------
 
 
-def test_task_is_registered_without_preprocessing_components(pipe):
+def test_task_is_registered_and_uses_the_saved_image_processor(pipe, tmp_path):
     assert TASK in PIPELINE_REGISTRY.get_supported_tasks()
     assert isinstance(pipe, COATAppearanceTransferPipeline) and isinstance(pipe.model, COATModel)
-    assert pipe.tokenizer is None and pipe.image_processor is None and pipe.processor is None
+    assert pipe.tokenizer is None and pipe.processor is None
+    assert isinstance(pipe.image_processor, COATImageProcessor)  # from the folder's preprocessor_config.json
+    assert pipe.image_processor.to_dict() == COATImageProcessor.from_pretrained(UNTRAINED).to_dict()
+    # A folder without one (as training exports) gets the processor its config implies.
+    pipe.model.save_pretrained(tmp_path)
+    plain = pipeline(TASK, model=str(tmp_path), device="cpu", dtype=torch.float32)
+    assert plain.image_processor.to_dict() == COATImageProcessor.from_model_config(pipe.model.config).to_dict()
+    # One saved beside the model is the one used.
+    COATImageProcessor.from_model_config(pipe.model.config, "crop").save_pretrained(tmp_path)
+    cropping = pipeline(TASK, model=str(tmp_path), device="cpu", dtype=torch.float32)
+    assert cropping.image_processor.do_center_crop and cropping.image_processor.crop_size.height == 64
+    with pytest.raises(ValueError, match="image_processor: .* needs a COATImageProcessor"):
+        COATAppearanceTransferPipeline(pipe.model, image_processor=object())
     assert PIPELINE_REGISTRY.supported_tasks[TASK]["default"]["model"] == (pretrained.resolve_model(None), None)
 
 

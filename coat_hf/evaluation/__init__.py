@@ -1,6 +1,6 @@
 """Quantitative evaluation of COAT against latent swapping, warping and colour transfer (see ``runner``).
 
-``python -m coat_hf.evaluation --model PATH --data DIR [--masks DIR] --out DIR``.
+``python -m coat_hf.evaluation --data DIR --out DIR [--model NAME|PATH] [--masks DIR]``.
 """
 
 from .methods import ColorTransfer, COATTransfer, FeatureWarp, InputImage, TransferMethod, build_methods

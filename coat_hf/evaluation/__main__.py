@@ -1,10 +1,18 @@
-"""``python -m coat_hf.evaluation --model PATH --data DIR [--masks DIR] --out DIR``: see ``runner.py``."""
+"""``python -m coat_hf.evaluation --data DIR --out DIR [--model NAME|PATH] [--masks DIR]``: see ``runner.py``.
+
+User errors (a missing folder, too few images, a model that does not load, missing weights) print one line
+and exit with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from ..pretrained import available_models, default_model
 from .runner import EvaluationConfig, run_evaluation
+
+PROG = "python -m coat_hf.evaluation"
 
 
 def _int_list(text: str) -> list[int]:
@@ -15,16 +23,20 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluationConfig:
-    defaults = EvaluationConfig(model="", data="", out="")
+    defaults = EvaluationConfig(data="", out="")
     parser = argparse.ArgumentParser(
-        prog="python -m coat_hf.evaluation",
+        prog=PROG,
         description="Compare COAT (over n), latent-swap, warp, color-transfer and the content/style bounds on "
         "seeded content/style pairs of an image folder; writes results.json, results.md, tradeoff.png, grid.png.",
     )
-    parser.add_argument("--model", required=True, help="model folder, bundled name (e.g. coat-celeba-128) or Hub id")
-    parser.add_argument("--data", required=True, help="image folder (one with images/ and masks/ reads both)")
+    parser.add_argument("--model", metavar="NAME|PATH",
+                        help=f"bundled model name ({', '.join(available_models())}), model folder or Hub id "
+                        f"(default: {default_model()})")
+    parser.add_argument("--data", required=True,
+                        help="image folder, class sub-folders included (one with images/ and masks/ reads both)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--masks", help="object masks, same file names as the images: appearance is measured on the object")
+    parser.add_argument("--masks", help="object masks, same file names as the images (in the same class sub-folders "
+                        "or directly in it): appearance is measured on the object")
     parser.add_argument("--include", help="only files matching these globs, e.g. 'horse28[1-9]*,horse29*,horse300*'")
     parser.add_argument("--holdout-last", type=int, default=defaults.holdout_last,
                         help="only the last N files in sorted order (those training held out)")
@@ -50,12 +62,20 @@ def parse_args(argv: list[str] | None = None) -> EvaluationConfig:
     return EvaluationConfig(**vars(parser.parse_args(argv)))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
     config = parse_args(argv)
-    results = run_evaluation(config)
+    hf_logging.disable_progress_bar()  # transformers' weight-loading bar; ours counts pairs
+    try:
+        results = run_evaluation(config)
+    except (OSError, ValueError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {config.out}/results.json, results.md, tradeoff.png, grid.png "
           f"({results['seconds_total']:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

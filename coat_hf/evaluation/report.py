@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diffusers.utils import make_image_grid
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..image_io import to_pil
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # (key, column title, number format) of the Markdown table, in order.
 TRANSFER_COLUMNS = (
@@ -70,19 +71,44 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     path.write_text(header + markdown_table(results) + "\n")
 
 
-def plot_tradeoff(results: dict[str, Any], path: Path) -> None:
-    """Structure distance against each appearance distance: COAT as a curve over n, other methods as points."""
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
+LABEL_SPACING_PX = 24
+"""COAT's n labels closer than this (in pixels of the saved plot) to an already placed label are left out."""
+
+
+def _label_curve(ax: Any, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    """Label the points of a curve without piling labels up: both ends always, with leader lines pointing away
+    from each other; a middle point only when it lies :data:`LABEL_SPACING_PX` from every labelled point."""
+    pixels = ax.transData.transform(list(zip(xs, ys)))
+    order = [0, len(xs) - 1, *range(1, len(xs) - 1)] if len(xs) > 1 else [0]
+    placed: list[Any] = []
+    for i in order:
+        if placed and i not in (0, len(xs) - 1) and min(
+                ((pixels[i] - p) ** 2).sum() ** 0.5 for p in placed) < LABEL_SPACING_PX:
+            continue
+        offset = {0: (-34, 14), len(xs) - 1: (10, -18)}.get(i, (8, 6))
+        ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=offset, fontsize=8,
+                    arrowprops=dict(arrowstyle="-", lw=0.6, color="0.4") if i in (0, len(xs) - 1) else None)
+        placed.append(pixels[i])
+
+
+def plot_tradeoff(results: dict[str, Any], path: Path) -> Figure:
+    """Structure distance against each appearance distance: COAT as a curve over n (points coloured by n, labels
+    thinned where they would overlap), other methods as points. Saves the figure to ``path`` and returns it."""
+    from matplotlib.figure import Figure  # the [eval] extra
+
+    figure = Figure(figsize=(11, 4.5), layout="constrained", dpi=120)
     axes = figure.subplots(1, 2)
     methods = results["methods"]
     coat = sorted((m for m in methods if m["family"] == "coat"), key=lambda m: m["n"])
+    curves = []
     for ax, (key, title, _) in zip(axes, TRANSFER_COLUMNS[1:]):
         if coat:
             xs = [m["transfer"]["structure_distance"]["mean"] for m in coat]
             ys = [m["transfer"][key]["mean"] for m in coat]
-            ax.plot(xs, ys, "o-", color="black", label="coat (over n)")
-            for m, x, y in zip(coat, xs, ys):
-                ax.annotate(f"n={m['n']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.plot(xs, ys, "-", color="black", lw=1, label="coat (over n)", zorder=1)
+            dots = ax.scatter(xs, ys, c=[m["n"] for m in coat], cmap="viridis", s=30, zorder=2, edgecolors="black",
+                              linewidths=0.5)
+            curves.append((ax, xs, ys))
         for m in methods:
             if m["family"] == "coat":
                 continue
@@ -92,8 +118,14 @@ def plot_tradeoff(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"{title.removesuffix(' ↓')} to style ↓")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    if coat:
+        figure.colorbar(dots, ax=axes, label="coat's n (0 = most style)", shrink=0.8)
     figure.suptitle(f"Structure kept vs appearance taken ({len(results['pairs'])} pairs)")
-    figure.savefig(path, dpi=120)
+    figure.draw_without_rendering()  # final axes limits and layout, so label spacing is measured as saved
+    for ax, xs, ys in curves:
+        _label_curve(ax, xs, ys, [f"n={m['n']}" for m in coat])
+    figure.savefig(path)
+    return figure
 
 
 def _label_tile(text: str, size: int) -> Image.Image:
@@ -108,4 +140,7 @@ def save_grid(titles: list[str], rows: list[list[Tensor]], path: Path) -> None:
     """A grid with a header row of ``titles`` and one row of (3, S, S) images per pair."""
     size = rows[0][0].shape[-1]
     tiles = [_label_tile(title, size) for title in titles] + [to_pil(image) for row in rows for image in row]
-    make_image_grid(tiles, rows=len(rows) + 1, cols=len(titles)).save(path)
+    grid = Image.new("RGB", (len(titles) * size, (len(rows) + 1) * size), "white")
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, (i % len(titles) * size, i // len(titles) * size))
+    grid.save(path)

@@ -16,10 +16,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..modeling_coat import COATModel
-from ..pretrained import resolve_model
+from ..pretrained import default_model, model_load_error, resolve_model
 from .methods import TransferMethod, build_methods
 from .metrics import TransferMetrics
-from .pairs import ImageLoader, list_images, resolve_folders, sample_images, sample_pairs
+from ..image_io import image_and_mask_folders
+from .pairs import ImageLoader, list_images, sample_images, sample_pairs
 from .report import plot_tradeoff, save_grid, summarize, write_json, write_markdown
 
 OUTPUT_FILES = ("results.json", "results.md", "tradeoff.png", "grid.png")
@@ -29,9 +30,9 @@ OUTPUT_FILES = ("results.json", "results.md", "tradeoff.png", "grid.png")
 class EvaluationConfig:
     """Everything that fixes an evaluation run (stored in ``results.json``)."""
 
-    model: str
     data: str
     out: str
+    model: str | None = None  # a bundled name, a folder or a Hub id; None: the bundled default (as the pipeline)
     masks: str | None = None
     include: str | None = None
     holdout_last: int = 0
@@ -152,21 +153,38 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def _load_model(model: str | None) -> COATModel:
+    """The model in float32 (bundled models are stored in float16; the metrics and baselines compute in float32).
+
+    Raises:
+        ValueError: it cannot be loaded (the message is one line naming ``--model``).
+    """
+    try:
+        return COATModel.from_pretrained(resolve_model(model), dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise model_load_error(model, err) from None
+
+
+def _name(path: Path, folder: Path) -> str:
+    """An image's name in the results: its path relative to the data folder (``cat/0001.jpg``)."""
+    return path.relative_to(folder).as_posix()
+
+
 def _run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    # Bundled models are stored in float16; the metrics and baselines compute in float32.
-    model = COATModel.from_pretrained(resolve_model(config.model), dtype=torch.float32).to(config.device).eval()
-    data_dir, mask_dir = resolve_folders(config.data, config.masks)
+    # The images first: a wrong folder fails before the model loads.
+    data_dir, mask_dir = image_and_mask_folders(config.data, config.masks)
     images = list_images(data_dir, config.include, config.holdout_last)
     pairs = sample_pairs(images, config.num_pairs, config.seed)
     reconstruction_images = sample_images(images, min(config.num_reconstruction, len(images)), config.seed)
+    model = _load_model(config.model).to(config.device).eval()
     methods = build_methods(model, config.n_values, config.swap_n, config.warp_scale)
     metrics = TransferMetrics(
         grid_size=config.grid_size, structure_grid=config.structure_grid,
         num_projections=config.num_projections, lab_projections=config.lab_projections, seed=config.seed,
     ).to(config.device)
     summaries, grid_rows = evaluate(
-        methods, metrics, ImageLoader(model.config.image_size, mask_dir), pairs, reconstruction_images,
+        methods, metrics, ImageLoader(model.config, mask_dir, data_dir), pairs, reconstruction_images,
         config.seed, config.grid_pairs, config.device,
     )
     results = {
@@ -174,6 +192,7 @@ def _run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
             **asdict(config),
             "data": str(data_dir),
             "masks": None if mask_dir is None else str(mask_dir),
+            "model": config.model or default_model(),
             "model_path": resolve_model(config.model),
             "image_size": model.config.image_size,
             "num_modulation_layers": model.num_modulation_layers,
@@ -183,8 +202,8 @@ def _run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         },
         "machine": machine_info(str(config.device)),
         "seconds_total": time.perf_counter() - start,
-        "pairs": [{"content": c.name, "style": s.name} for c, s in pairs],
-        "reconstruction_images": [p.name for p in reconstruction_images],
+        "pairs": [{"content": _name(c, data_dir), "style": _name(s, data_dir)} for c, s in pairs],
+        "reconstruction_images": [_name(p, data_dir) for p in reconstruction_images],
         "methods": summaries,
     }
     out = Path(config.out)
