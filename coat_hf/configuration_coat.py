@@ -55,17 +55,14 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **dict.fromkeys(("image_size", "in_channels", "style_dim", "alignment_block_size", "ccl_num_positions"),
-                    (_is_int, "an integer")),
+    **dict.fromkeys(("image_size", "in_channels", "style_dim", "alignment_block_size"), (_is_int, "an integer")),
     "default_n": (lambda value: value is None or _is_int(value), "an integer"),
     **dict.fromkeys(("encoder_channels", "decoder_channels", "style_scales"),
                     (_list_of(_is_int), "a non-empty list of integers")),
     "blur_kernel": (_list_of(_is_number), "a non-empty list of numbers"),
-    **dict.fromkeys(("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "ccl_temperature",
-                     "ccl_negative_threshold"), (_is_number, "a finite number")),
-    **dict.fromkeys(("noise_mode", "lpips_net", "reg_type", "ccl_hard_negative_rule"),
-                    (lambda value: isinstance(value, str), "a string")),
-    "use_alignment": (lambda value: isinstance(value, bool), "true or false"),
+    "alignment_temperature": (_is_number, "a finite number"),
+    **dict.fromkeys(("noise_mode", "alignment"), (lambda value: isinstance(value, str), "a string")),
+    **dict.fromkeys(("use_alignment", "modulation_pyramid"), (lambda value: isinstance(value, bool), "true or false")),
 }
 """Each argument's type check and its description: a config.json may hold anything."""
 
@@ -92,9 +89,8 @@ def _check_sizes(values: dict[str, Any]) -> None:
                          f"{len(values['decoder_channels'])}")
     if values["blur_kernel"] is not None and len(values["blur_kernel"]) > 16:
         raise ValueError(f"blur_kernel has {len(values['blur_kernel'])} taps; at most 16")
-    for name in ("alignment_block_size", "ccl_num_positions"):
-        if not 1 <= values[name] <= 2**20:
-            raise ValueError(f"{name} must be from 1 to {2**20}, got {values[name]}")
+    if not 1 <= values["alignment_block_size"] <= 2**20:
+        raise ValueError(f"alignment_block_size must be from 1 to {2**20}, got {values['alignment_block_size']}")
 
 
 def stylegan2_channels(image_size: int, channel_multiplier: int = 2, max_channels: int = 512) -> list[int]:

@@ -264,7 +264,7 @@ class TrainingData:
         global_batch = batch_size * num_processes * accumulation
         if global_batch > len(self.index):
             raise ValueError(f"--batch_size {batch_size} x {num_processes} process(es) x {accumulation} accumulation "
-                             f"is larger than the {len(self.index)} readable training images")
+                             f"is larger than the {len(self.index)} training images")
         self.schedule = SampleSchedule(source.labels[self.index.numpy()], seed, batch_size, num_processes, accumulation)
 
     @property

@@ -68,15 +68,22 @@ class TrainState:
 
 
 class EMA:
-    """Exponential moving average of the trainable weights (fused ``lerp`` on the device)."""
+    """Exponential moving average of the trainable weights (fused ``lerp`` on the device).
+
+    The decay warms up as ``min(decay, (1 + t) / (10 + t))`` after t updates, so that a short run's average
+    is not dominated by the initial weights.
+    """
 
     def __init__(self, parameters: list[torch.nn.Parameter], decay: float) -> None:
         self.decay = decay
+        self.updates = 0
         self.shadow = [p.detach().clone().float() for p in parameters]
 
     @torch.no_grad()
     def update(self, parameters: list[torch.nn.Parameter]) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in parameters], 1 - self.decay)
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in parameters], 1 - decay)
+        self.updates += 1
 
     @torch.no_grad()
     def copy_to(self, parameters: list[torch.nn.Parameter]) -> None:
@@ -84,10 +91,10 @@ class EMA:
             p.copy_(s)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}
+        return {"decay": self.decay, "updates": self.updates, "shadow": [s.cpu() for s in self.shadow]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
+        self.decay, self.updates = state["decay"], state["updates"]
         self.shadow = [s.to(d.device) for s, d in zip(state["shadow"], self.shadow)]
 
     @contextlib.contextmanager
