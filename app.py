@@ -31,6 +31,7 @@ import PIL.Image  # noqa: E402
 from PIL import ImageOps  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
+from coat_hf.configuration_coat import ALIGNMENT_RULES  # noqa: E402
 from coat_hf.image_io import find_images, load_image, read_pairs_csv  # noqa: E402
 from coat_hf.pipeline_coat import TASK, COATAppearanceTransferPipeline  # noqa: E402
 from coat_hf.pretrained import UNTRAINED_MODEL, is_untrained, resolve_model  # noqa: E402
@@ -77,6 +78,11 @@ def shown_in_page() -> Iterator[None]:
         yield
     except ValueError as err:
         raise gr.Error(str(err), title="Cannot run COAT on this input", print_exception=False) from None
+
+
+ALIGNMENT_CHOICES = ALIGNMENT_RULES
+ALIGNMENT_HELP = ("mutual: style features only where the two photos match both ways (the paper); nearest: every "
+                  "position takes its closest style feature (most style); soft: confidence-weighted blend")
 
 
 def as_n(value: Any) -> Any:
@@ -221,8 +227,8 @@ class COATDemo:
         return str(default_scale([{"scale": scale, "content_size": (size, size)}
                                   for scale, size in enumerate(self.config.feature_sizes)]))
 
-    def transfer(self, content: Any, style: Any, n: Any, scale: Any, progress: gr.Progress = gr.Progress()
-                 ) -> tuple[PIL.Image.Image, PIL.Image.Image, int, PIL.Image.Image]:
+    def transfer(self, content: Any, style: Any, n: Any, scale: Any, alignment: str | None = None,
+                 progress: gr.Progress = gr.Progress()) -> tuple[PIL.Image.Image, PIL.Image.Image, int, PIL.Image.Image]:
         """One transfer and its correspondence panel.
 
         Returns the result (at the content's size), the matches of ``scale`` drawn between content and style,
@@ -236,7 +242,7 @@ class COATDemo:
             progress(0.3, desc="Transferring")
             scale = as_scale(scale)
             out = self.pipe(content, style, n=as_n(n), return_correspondence=True, correspondence_scale=scale,
-                            seed=SEED)
+                            seed=SEED, alignment=alignment or None)
             progress(0.9, desc="Drawing the correspondences")
             matches = out["correspondence"]["matches"]
             scale = default_scale(matches) if scale is None else scale
@@ -244,7 +250,7 @@ class COATDemo:
             heatmap = confidence_heatmap(matches, size, scale, image=content)
         return out["image"], out["correspondence"]["image"], matches[scale]["content_index"].numel(), heatmap
 
-    def sweep(self, content: Any, style: Any, progress: gr.Progress = gr.Progress()
+    def sweep(self, content: Any, style: Any, alignment: str | None = None, progress: gr.Progress = gr.Progress()
               ) -> list[tuple[PIL.Image.Image, str]]:
         """The result for every n in 0..K, captioned ``n = ...``: the most style at n = 0, the content at n = K."""
         with shown_in_page():
@@ -253,7 +259,7 @@ class COATDemo:
             k = self.num_modulation_layers
             strip = []
             for n in progress.tqdm(range(k + 1), desc="Sweeping n"):
-                image = self.pipe(content, style, n=n, seed=SEED)["image"]
+                image = self.pipe(content, style, n=n, seed=SEED, alignment=alignment or None)["image"]
                 strip.append((image, f"n = {n}"))
         return strip
 
@@ -284,6 +290,8 @@ class COATDemo:
                               info=N_HELP, elem_id="n", scale=3)
                 scale = gr.Dropdown(self.scale_choices(), value=self.default_scale(),
                                     label="Correspondence scale", elem_id="scale", scale=2)
+                alignment = gr.Dropdown(list(ALIGNMENT_CHOICES), value=self.config.alignment, label="Alignment",
+                                        info=ALIGNMENT_HELP, elem_id="alignment", scale=2)
                 with gr.Column(scale=1, min_width=160):
                     run = gr.Button("Run", variant="primary", elem_id="run")
                     sweep = gr.Button("Sweep all n", elem_id="sweep")
@@ -301,9 +309,9 @@ class COATDemo:
             if examples:
                 gr.Examples(examples, inputs=[content, style], label="Example pairs (content, style)")
             # preprocess=False: bad files reach the pipeline's loader, whose errors are readable (see load_input).
-            run.click(self.transfer, [content, style, n, scale], [result, matches, count, heatmap],
+            run.click(self.transfer, [content, style, n, scale, alignment], [result, matches, count, heatmap],
                       api_name="transfer", preprocess=False)
-            sweep.click(self.sweep, [content, style], strip, api_name="sweep", preprocess=False)
+            sweep.click(self.sweep, [content, style, alignment], strip, api_name="sweep", preprocess=False)
         return demo
 
 

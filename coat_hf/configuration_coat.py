@@ -8,8 +8,6 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from .correspondence import ALIGNMENT_RULES
-from .encoders import default_style_scales
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # Unit tests and CI: 64 px, runs in well under a second on a CPU.
@@ -91,6 +89,19 @@ def _check_sizes(values: dict[str, Any]) -> None:
         raise ValueError(f"blur_kernel has {len(values['blur_kernel'])} taps; at most 16")
     if not 1 <= values["alignment_block_size"] <= 2**20:
         raise ValueError(f"alignment_block_size must be from 1 to {2**20}, got {values['alignment_block_size']}")
+
+
+ALIGNMENT_RULES = ("mutual", "nearest", "soft")
+"""The rules that build the aligned style map (see ``coat_hf.correspondence.align_features``)."""
+
+
+def default_style_scales(num_latents: int, num_scales: int) -> list[int]:
+    """Which feature scale feeds each modulation layer: coarse layers from the deepest map, fine from the shallowest.
+
+    Layers are split into ``num_scales`` nearly equal consecutive groups; group 0 (the coarsest layers)
+    reads scale L-1 (deepest), the last group reads scale 0 (shallowest), as pSp's feature pyramid does.
+    """
+    return [num_scales - 1 - (k * num_scales) // num_latents for k in range(num_latents)]
 
 
 def stylegan2_channels(image_size: int, channel_multiplier: int = 2, max_channels: int = 512) -> list[int]:

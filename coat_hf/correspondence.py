@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .configuration_coat import ALIGNMENT_RULES
+
 
 def cosine_similarity(content_feat: Tensor, style_feat: Tensor, eps: float = 1e-8) -> Tensor:
     """Eq. 1 over all position pairs: (B, C, H1, W1), (B, C, H2, W2) -> S of shape (B, H1·W1, H2·W2)."""
@@ -73,9 +75,6 @@ def _matches_from_maxima(row_max: Tensor, row_arg: Tensor, col_max: Tensor, col_
     # Q at (i, j*=argmax_j S_ij) = S_ij*^2 / (S_ij* · max_i' S_i'j*) = S_ij* / max_i' S_i'j*.
     confidence = row_max.pow(2) / (row_max * col_max.gather(1, row_arg)).clamp_min(1e-8)
     return mutual, confidence
-
-
-ALIGNMENT_RULES = ("mutual", "nearest", "soft")
 
 
 def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int) -> None:

@@ -60,15 +60,6 @@ class MapToStyle(nn.Module):
         return x.flatten(1)  # (B, D)
 
 
-def default_style_scales(num_latents: int, num_scales: int) -> list[int]:
-    """Which feature scale feeds each modulation layer: coarse layers from the deepest map, fine from the shallowest.
-
-    Layers are split into ``num_scales`` nearly equal consecutive groups; group 0 (the coarsest layers)
-    reads scale L-1 (deepest), the last group reads scale 0 (shallowest), as pSp's feature pyramid does.
-    """
-    return [num_scales - 1 - (k * num_scales) // num_latents for k in range(num_latents)]
-
-
 class ModulationEncoder(nn.Module):
     """E_mod: multi-scale maps -> per-layer style vectors (B, K, D) for the decoder's K modulation layers.
 

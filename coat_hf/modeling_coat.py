@@ -11,8 +11,8 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 from transformers.utils.loading_report import LoadStateDictInfo
 
-from .configuration_coat import COATConfig
-from .correspondence import ALIGNMENT_RULES, Correspondence, align_features
+from .configuration_coat import ALIGNMENT_RULES, COATConfig
+from .correspondence import Correspondence, align_features
 from .encoders import FeatureEncoder, ModulationEncoder
 from .stylegan2 import StyleGAN2Synthesis
 

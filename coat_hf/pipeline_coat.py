@@ -101,6 +101,10 @@ class COATAppearanceTransferPipeline(Pipeline):
             :func:`coat_hf.visualization.default_scale`).
         seed: seeds the decoder's noise. Each pair gets its own generator seeded with ``seed``, so a pair's
             result does not depend on the batch size or on the other pairs of the call.
+        alignment: how the style's features are aligned to the content's: ``"mutual"`` (the paper's Eq. 3:
+            style features only at mutual nearest neighbours), ``"nearest"`` (every content position takes its
+            nearest style feature) or ``"soft"`` (confidence-weighted soft matches); default
+            ``model.config.alignment``.
         batch_size, num_workers: as for every transformers pipeline.
 
     Returns:
@@ -150,6 +154,7 @@ class COATAppearanceTransferPipeline(Pipeline):
         return_correspondence: bool | None = None,
         correspondence_scale: int | None = None,
         seed: int | None = None,
+        alignment: str | None = None,
     ) -> tuple[dict, dict, dict]:
         forward_params: dict[str, Any] = {}
         postprocess_params: dict[str, Any] = {}
@@ -178,6 +183,8 @@ class COATAppearanceTransferPipeline(Pipeline):
             if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
                 raise ValueError(f"seed must be an integer from -2**63 to 2**64 - 1, got {seed!r}")
             forward_params["seed"] = seed
+        if alignment is not None:
+            forward_params["alignment"] = self.model._check_alignment(alignment)
         return {}, forward_params, postprocess_params
 
     def preprocess(self, pair: dict) -> dict[str, Any]:
@@ -194,13 +201,14 @@ class COATAppearanceTransferPipeline(Pipeline):
         }
 
     def _forward(self, batch: dict[str, Any], n: int | None = None, seed: int | None = None,
-                 return_correspondence: bool = False) -> list[dict[str, Any]]:
+                 return_correspondence: bool = False, alignment: str | None = None) -> list[dict[str, Any]]:
         """One model call for the batch; returns one dict per pair."""
         content = batch["content_pixel_values"].to(self.model.dtype)  # (B, 3, S, S)
         style = batch["style_pixel_values"].to(self.model.dtype)
         # CPU generators: the same seed draws the same noise on every device.
         generator = None if seed is None else [torch.Generator().manual_seed(seed) for _ in range(content.shape[0])]
-        out = self.model(content, style, n=n, output_correspondence=return_correspondence, generator=generator)
+        out = self.model(content, style, n=n, output_correspondence=return_correspondence, generator=generator,
+                         alignment=alignment)
         results = []
         for b in range(content.shape[0]):
             result = {"image": out.images[b], "content_image": batch["content_image"][b],

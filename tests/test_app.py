@@ -70,6 +70,8 @@ def test_transfer_depends_on_n_and_is_reproducible(demo, photos):
     content, style = (str(p) for p in photos)
     k = demo.num_modulation_layers
     most_style = np.asarray(demo.transfer(content, style, 0, 0)[0])
+    nearest = np.asarray(demo.transfer(content, style, 0, 0, "nearest")[0])
+    assert not np.array_equal(most_style, nearest)  # the alignment dropdown reaches the model
     content_only = np.asarray(demo.transfer(content, style, k, 0)[0])
     assert not np.array_equal(most_style, content_only)
     assert np.array_equal(content_only, np.asarray(demo.transfer(content, style, float(k), 0)[0]))

@@ -184,6 +184,8 @@ def test_errors_print_one_line_and_exit_2(pair, tmp_path, capsys):
     check_one_line_error(capsys, "image_size must be a power of two from 8 to 1024, got 65536")
     assert main([str(content), str(style), "-o", out, "--seed", str(2**70), *TINY]) == 2
     check_one_line_error(capsys, f"seed must be an integer from -2**63 to 2**64 - 1, got {2**70}")
+    assert main([str(content), str(style), "-o", out, "--alignment", "closest", *TINY]) == 2
+    check_one_line_error(capsys, "alignment must be one of ('mutual', 'nearest', 'soft'), got 'closest'")
     assert not Path(out).exists()
 
 

@@ -115,3 +115,29 @@ def test_blocked_memory_grows_with_hw_not_hw_squared():
     assert out.returncode == 0, out.stderr
     growth_mib = float(out.stdout.strip().splitlines()[-1])
     assert growth_mib < 512, f"peak memory grew by {growth_mib:.0f} MiB"
+
+
+@pytest.mark.parametrize("block_size", [5, 1024])
+def test_alignment_rules_match_a_plain_reference(block_size):
+    torch.manual_seed(3)
+    f1, f2 = torch.randn(2, 6, 4, 5), torch.randn(2, 6, 3, 4)  # N1 = 20, N2 = 12
+    s = cosine_similarity(f1, f2)  # (B, N1, N2)
+    nearest = s.argmax(dim=2)
+    moved = torch.stack([f2.flatten(2)[b][:, nearest[b]] for b in range(2)])  # (B, C, N1)
+    aligned, _ = align_features(f1, f2, block_size, rule="nearest")
+    torch.testing.assert_close(aligned.flatten(2), moved)
+    temperature = 0.1
+    confidence = (s.amax(dim=2) / s.amax(dim=1).gather(1, nearest)).clamp(0, 1)  # Q of the best match (Eq. 2)
+    soft = torch.softmax(s / temperature, dim=2) @ f2.flatten(2).transpose(1, 2)  # (B, N1, C)
+    expected = confidence[:, None] * soft.transpose(1, 2) + (1 - confidence[:, None]) * f1.flatten(2)
+    aligned, _ = align_features(f1, f2, block_size, rule="soft", temperature=temperature)
+    torch.testing.assert_close(aligned.flatten(2), expected)
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        align_features(f1, f2, rule="closest")
+
+
+def test_soft_alignment_passes_gradients_to_both_maps():
+    f1, f2 = torch.randn(1, 4, 3, 3, requires_grad=True), torch.randn(1, 4, 3, 3, requires_grad=True)
+    aligned, _ = align_features(f1, f2, rule="soft")
+    aligned.sum().backward()
+    assert f1.grad.abs().sum() > 0 and f2.grad.abs().sum() > 0

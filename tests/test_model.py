@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from coat_hf import COATConfig, COATModel
-from coat_hf.encoders import default_style_scales
+from coat_hf.configuration_coat import default_style_scales
 from coat_hf.modeling_coat import mix_latents
 from coat_hf.stylegan2 import Upsample, make_kernel, upfirdn2d
 
@@ -55,7 +55,8 @@ def test_config_validation():
     ({"encoder_channels": "32,64"}, "encoder_channels must be a non-empty list of integers"),
     ({"default_n": "3"}, "default_n must be an integer"),
     ({"use_alignment": "yes"}, "use_alignment must be true or false"),
-    ({"lambda_mse": None}, "lambda_mse must be a finite number"),
+    ({"alignment_temperature": "warm"}, "alignment_temperature must be a finite number"),
+    ({"modulation_pyramid": "yes"}, "modulation_pyramid must be true or false"),
     ({"noise_mode": 1}, "noise_mode must be a string"),
 ])
 def test_config_json_with_absurd_sizes_or_wrong_types_is_refused_before_allocating(tmp_path, change, message,
@@ -220,3 +221,24 @@ def test_upfirdn2d_against_direct_convolution():
             ref[..., i, j] = (padded[..., i : i + 4, j : j + 4] * k.flip(0, 1)).sum((-1, -2))
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(upfirdn2d(x, torch.ones(1, 1)), x)
+
+
+@pytest.mark.parametrize("alignment", ["mutual", "nearest", "soft"])
+def test_alignment_rule_and_pyramid_options_round_trip(tmp_path, image_pair, alignment):
+    torch.manual_seed(0)
+    model = COATModel(COATConfig.preset("tiny", alignment=alignment, modulation_pyramid=True)).eval()
+    assert len(model.modulation_encoder.laterals) == model.config.num_scales
+    content, style = image_pair
+    features = model.encoder(content)
+    assert model.style_vectors(features).shape == (2, model.num_modulation_layers, model.config.style_dim)
+    model.save_pretrained(tmp_path)
+    loaded = COATModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.alignment == alignment and loaded.config.modulation_pyramid
+    seed = torch.Generator().manual_seed(0)
+    a = model(content, style, n=0, generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(loaded(content, style, n=0, generator=seed).images, a)
+    other = "nearest" if alignment != "nearest" else "mutual"
+    b = model(content, style, n=0, alignment=other, generator=torch.Generator().manual_seed(0)).images
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        model(content, style, alignment="closest")

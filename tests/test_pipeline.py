@@ -503,3 +503,13 @@ def test_wrong_types_and_shapes_of_inputs(pipe, images):
 
 def test_package_exports():
     assert coat_hf.COATAppearanceTransferPipeline is COATAppearanceTransferPipeline
+
+
+def test_alignment_rule_is_chosen_per_call(pipe, images):
+    results = {rule: pixels(pipe(images["content"], images["style"], n=0, seed=1, alignment=rule)["image"])
+               for rule in ("mutual", "nearest", "soft")}
+    assert not np.array_equal(results["mutual"], results["nearest"])
+    default = pixels(pipe(images["content"], images["style"], n=0, seed=1)["image"])
+    assert np.array_equal(default, results[pipe.model.config.alignment])
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        pipe(images["content"], images["style"], alignment="closest")

@@ -8,6 +8,7 @@ text and default (``HfArgumentParser``).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,10 +115,21 @@ class RunConfig:
 _CLASSES = (TrainingArguments, ObjectiveConfig, DataOptions)
 
 
+def _yaml_mapping(text: str) -> dict[str, Any]:
+    """A YAML mapping from the command line, e.g. ``{alignment: soft}``."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{alignment: soft}}', got {text!r}")
+    return value
+
+
 def _parser() -> HfArgumentParser:
     parser = HfArgumentParser(_CLASSES, description="Train COAT on photos of one object category.")
     parser.add_argument("--config", help="A YAML file of fields (command-line flags override it).")
-    parser._option_string_actions["--model_overrides"].type = yaml.safe_load
+    parser._option_string_actions["--model_overrides"].type = _yaml_mapping
     export = parser._option_string_actions["--export"]
     export.nargs, export.const = "?", ""
     return parser
