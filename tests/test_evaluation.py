@@ -323,3 +323,16 @@ def test_benchmark_naive_alignment_and_configs():
         config = benchmark.benchmark_config(size)
         assert config.image_size == size and config.decoder_channels[-1] == 32
     assert benchmark.benchmark_config(128).decoder_channels == [256, 256, 256, 128, 64, 32]
+
+
+def test_local_color_ratio_is_one_for_the_content_and_zero_for_the_style():
+    from coat_hf.evaluation.metrics import local_color_ratio
+
+    content, style = torch.rand(16, 3) * 50, torch.rand(16, 3) * 50
+    assert local_color_ratio(content, content, style) == pytest.approx(1.0)
+    assert local_color_ratio(style, content, style) == pytest.approx(0.0)
+    halfway = (content + style) / 2
+    assert local_color_ratio(halfway, content, style) == pytest.approx(0.5, rel=1e-5)
+    missing = style.clone()
+    missing[:8] = float("nan")  # cells outside the object take no part
+    assert local_color_ratio(halfway, content, missing) == pytest.approx(0.5, rel=1e-5)

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> EvaluationConfig:
     parser.add_argument("--swap-n", type=int, help="n of the latent-swap baseline (default: the model's default_n)")
     parser.add_argument("--warp-scale", type=int, default=defaults.warp_scale,
                         help="scale of E whose features the warp matches (0 = finest)")
+    parser.add_argument("--alignment", help="alignment rule of the COAT sweep: mutual, nearest or soft (default: the "
+                        "model's own)")
     parser.add_argument("--grid-pairs", type=int, default=defaults.grid_pairs, help="pairs shown in grid.png")
     parser.add_argument("--grid-size", type=int, default=defaults.grid_size, help="VGG hypercolumn grid side")
     parser.add_argument("--structure-grid", type=int, default=defaults.structure_grid,

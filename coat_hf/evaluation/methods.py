@@ -54,17 +54,20 @@ class InputImage(TransferMethod):
 
 
 class COATTransfer(TransferMethod):
-    """The COAT model at one n; ``use_alignment=False`` is the latent-swapping baseline."""
+    """The COAT model at one n (and ``alignment`` rule); ``use_alignment=False`` is the latent-swapping baseline."""
 
-    def __init__(self, model: COATModel, n: int | None = None, use_alignment: bool = True) -> None:
+    def __init__(self, model: COATModel, n: int | None = None, use_alignment: bool = True,
+                 alignment: str | None = None) -> None:
         self.model = model
         self.n = model.config.default_n if n is None else n
         self.use_alignment = use_alignment
+        self.alignment = model._check_alignment(alignment)
         self.family = "coat" if use_alignment else "latent-swap"
         self.name = f"coat n={self.n}" if use_alignment else "latent-swap"
 
     def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self.model(content, style, n=self.n, generator=generator, use_alignment=self.use_alignment).images
+        return self.model(content, style, n=self.n, generator=generator, use_alignment=self.use_alignment,
+                          alignment=self.alignment).images
 
 
 class FeatureWarp(TransferMethod):
@@ -107,16 +110,18 @@ def default_n_values(model: COATModel) -> list[int]:
 
 
 def build_methods(
-    model: COATModel, n_values: list[int] | None = None, swap_n: int | None = None, warp_scale: int = 1
+    model: COATModel, n_values: list[int] | None = None, swap_n: int | None = None, warp_scale: int = 1,
+    alignment: str | None = None,
 ) -> list[TransferMethod]:
-    """Every compared method: the COAT sweep, latent-swap, warp, color-transfer, content and style."""
+    """Every compared method: the COAT sweep (with the ``alignment`` rule, default the model's), latent-swap,
+    warp, color-transfer, content and style."""
     n_values = default_n_values(model) if n_values is None else n_values
     k = model.num_modulation_layers
     bad = [n for n in n_values if not 0 <= n <= k]
     if bad or not n_values:
         raise ValueError(f"n_values must be a non-empty list of integers in [0, {k}], got {n_values}")
     return [
-        *(COATTransfer(model, n) for n in n_values),
+        *(COATTransfer(model, n, alignment=alignment) for n in n_values),
         COATTransfer(model, swap_n, use_alignment=False),
         FeatureWarp(model, warp_scale),
         ColorTransfer(),

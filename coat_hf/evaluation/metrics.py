@@ -158,6 +158,21 @@ def psnr(x: Tensor, y: Tensor, max_db: float = 100.0) -> Tensor:
     return -10.0 * torch.log10(mse.clamp_min(10.0 ** (-max_db / 10.0)))
 
 
+def local_color_ratio(result_cells: Tensor, content_cells: Tensor, style_cells: Tensor) -> float:
+    """How close the result's local colours are to the style's, relative to the content's own distance.
+
+    Each argument is (G·G, 3) mean Lab colours per grid cell (NaN outside the object). The distance is the
+    mean Euclidean Lab distance over the cells present in all three; the ratio is 1 for the content itself
+    and 0 when every cell takes the style's colour (aligned objects, so cells roughly correspond).
+    """
+    present = ~(result_cells.isnan() | content_cells.isnan() | style_cells.isnan()).any(dim=1)
+    if not present.any():
+        return float("nan")
+    to_style = (result_cells - style_cells)[present].norm(dim=1).mean()
+    baseline = (content_cells - style_cells)[present].norm(dim=1).mean()
+    return (to_style / baseline.clamp_min(1e-6)).item()
+
+
 @dataclass
 class Reference:
     """What the metrics need of one content or style image (batch of one): kept so each is computed once."""
@@ -168,13 +183,15 @@ class Reference:
     self_similarity: Tensor  # (1, N, N) on the structure grid
     lab_projections: Tensor  # (P_lab, M), sorted projections of the (masked) Lab pixels
     vgg_projections: Tensor  # (P, M'), sorted projections of the (masked) hypercolumns
+    lab_cells: Tensor  # (G·G, 3), mean Lab colour of each cell of a G x G grid (NaN where no object)
 
 
 class TransferMetrics(nn.Module):
     """Every metric of the evaluation, with VGG16, LPIPS and the projection directions made once.
 
     ``reference(image, mask)`` prepares a content or style image; ``transfer(result, content, style)``
-    gives structure_distance, swd_vgg and swd_lab; ``reconstruction(result, target)`` psnr and lpips.
+    gives structure_distance, swd_vgg, swd_lab and local_color; ``reconstruction(result, target)`` psnr and
+    lpips.
     ``num_projections`` directions serve the 960-d hypercolumns, ``lab_projections`` the 3-d colours.
     """
 
@@ -187,8 +204,10 @@ class TransferMetrics(nn.Module):
         seed: int = 0,
         vgg: VGGHypercolumns | None = None,
         lpips_net: str = "alex",
+        color_grid: int = 16,
     ) -> None:
         super().__init__()
+        self.color_grid = color_grid
         if structure_grid > grid_size:
             raise ValueError(f"structure_grid ({structure_grid}) must not exceed grid_size ({grid_size})")
         self.vgg = VGGHypercolumns(grid_size=grid_size) if vgg is None else vgg
@@ -208,14 +227,26 @@ class TransferMetrics(nn.Module):
         return (sorted_projections(masked_points(lab, mask), self.lab_directions),
                 sorted_projections(masked_points(hypercolumns[0], mask), self.vgg_directions))
 
+    def _cells(self, image: Tensor, mask: Tensor | None) -> Tensor:
+        """Mean Lab colour of each cell of a ``color_grid`` x ``color_grid`` grid, (G·G, 3); cells less than half
+        covered by the (1, S, S) mask are NaN."""
+        lab = rgb_to_lab((image + 1) / 2)  # (1, 3, S, S)
+        weight = torch.ones_like(lab[:, :1]) if mask is None else mask[None].to(lab.dtype)
+        coverage = F.adaptive_avg_pool2d(weight, self.color_grid)  # (1, 1, G, G)
+        cells = F.adaptive_avg_pool2d(lab * weight, self.color_grid) / coverage.clamp_min(1e-6)
+        cells = cells.masked_fill(coverage < 0.5, float("nan"))
+        return cells[0].flatten(1).t()
+
     @torch.no_grad()
     def reference(self, image: Tensor, mask: Tensor | None = None) -> Reference:
         """Prepare one image (1, 3, S, S) and its optional mask (1, 1, S, S)."""
         if image.ndim != 4 or image.shape[0] != 1:
             raise ValueError(f"image must be a single (1, 3, S, S) image, got {tuple(image.shape)}")
         hypercolumns = self.vgg(image)
-        lab_projections, vgg_projections = self._appearance(image, hypercolumns, None if mask is None else mask[0])
-        return Reference(image, mask, hypercolumns, self._structure(hypercolumns), lab_projections, vgg_projections)
+        object_mask = None if mask is None else mask[0]
+        lab_projections, vgg_projections = self._appearance(image, hypercolumns, object_mask)
+        return Reference(image, mask, hypercolumns, self._structure(hypercolumns), lab_projections, vgg_projections,
+                         self._cells(image, object_mask))
 
     @torch.no_grad()
     def transfer(self, result: Tensor, content: Reference, style: Reference) -> dict[str, float]:
@@ -227,6 +258,7 @@ class TransferMetrics(nn.Module):
             "structure_distance": self_similarity_distance(self._structure(hypercolumns), content.self_similarity).item(),
             "swd_vgg": wasserstein_from_projections(vgg_projections, style.vgg_projections).item(),
             "swd_lab": wasserstein_from_projections(lab_projections, style.lab_projections).item(),
+            "local_color": local_color_ratio(self._cells(result, object_mask), content.lab_cells, style.lab_cells),
         }
 
     @torch.no_grad()

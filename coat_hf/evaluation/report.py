@@ -20,6 +20,7 @@ TRANSFER_COLUMNS = (
     ("structure_distance", "structure dist. ↓", "{:.3f}"),
     ("swd_vgg", "SWD VGG ↓", "{:.3f}"),
     ("swd_lab", "SWD Lab ↓", "{:.2f}"),
+    ("local_color", "local colour ratio ↓", "{:.3f}"),
 )
 RECONSTRUCTION_COLUMNS = (("psnr", "rec. PSNR dB ↑", "{:.2f}"), ("lpips", "rec. LPIPS ↓", "{:.3f}"))
 
