@@ -28,6 +28,7 @@ from coat_hf.training.trainer import Trainer, checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training" / "train.py"
+CONFIG_32 = COATConfig.preset("tiny", image_size=32, decoder_channels=[64, 64, 32, 16])
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_schedule_is_a_function_of_the_step_and_splits_over_processes():
 
 def test_unreadable_files_are_skipped_and_counted_once(image_folder):
     options = DataOptions(data_dir=str(image_folder), cache_images=True)
-    source = PhotoSource(options, 32)
+    source = PhotoSource(options, CONFIG_32)
     assert len(source) == 14
     data = TrainingData(source, options, seed=0, batch_size=4, device=torch.device("cpu"))
     assert data.skipped == 2 and len(data.index) == 12
@@ -118,7 +119,7 @@ def test_masks_follow_the_photo(tmp_path):
         ImageDraw.Draw(mask).rectangle((2, 2, 15, 25), fill=255)  # half size, as the horse masks
         mask.save(tmp_path / "masks" / f"h{i}.png")
     options = DataOptions(data_dir=str(tmp_path), crop_scale=0.6, cache_images=True)
-    data = TrainingData(PhotoSource(options, 32), options, seed=0, batch_size=4, device=torch.device("cpu"))
+    data = TrainingData(PhotoSource(options, CONFIG_32), options, seed=0, batch_size=4, device=torch.device("cpu"))
     for step in range(3):
         batch = data.batch(step)
         on = batch.mask[:, 0] > 0.5

@@ -12,8 +12,8 @@ process r holds positions ((t·A + m)·P + r)·B + [0, B): a pure function of th
 with batch 4 sees exactly what two processes with batch 2 see, and a run resumed at any step, across
 epoch boundaries, continues the very same stream.
 
-Photos are decoded on the CPU to ``image_size`` (short side resized, centre crop) as uint8 with the
-mask as a fourth channel; ``cache_images`` keeps them all on the training device after one pass
+Photos are decoded on the CPU through the model's image processor (``"crop"`` geometry: short side resized,
+centre crop) as uint8 with the mask as a fourth channel; ``cache_images`` keeps them all on the training device after one pass
 (unreadable files, decompression bombs included, are dropped then and counted once each); without it
 a DataLoader decodes each step's photos, replacing an unreadable one by the next readable one.
 Geometric augmentation (random resized crop, flip) then runs batched on the device.
@@ -23,24 +23,24 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..configuration_coat import COATConfig
+from ..image_io import find_images, find_mask, image_and_mask_folders, image_class, load_image
+from ..image_processing_coat import COATImageProcessor
 from .pseudo_pairs import augment_geometry
 from .random import hash32, random_bits, sample_keys
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 _PARTNER_STREAM = 201
 _MAX_REPLACEMENTS = 32  # consecutive unreadable files before giving up (uncached)
 
@@ -70,41 +70,24 @@ class DataOptions:
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes that decode photos."})
 
 
-def find_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursively), sorted."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-def find_mask(mask_dir: Path, image_path: Path) -> Path | None:
-    """The mask of ``image_path``: the same stem in ``mask_dir`` with any image extension."""
-    for ext in (image_path.suffix, *IMAGE_EXTENSIONS):
-        candidate = mask_dir / f"{image_path.stem}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def fit_square(image: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:
-    """Resize the short side to ``size`` and centre-crop to ``size`` x ``size``."""
-    return ImageOps.fit(image, (size, size), method=resample)
-
-
-def to_uint8(image: Image.Image, size: int, mask: Image.Image | None = None) -> Tensor:
-    """(3 or 4, size, size) uint8: the photo's RGB and, when given, its mask (resized to the photo first)."""
-    channels = [np.asarray(fit_square(image.convert("RGB"), size))]
+def to_uint8(processor: COATImageProcessor, image: Image.Image, mask: Image.Image | None = None) -> Tensor:
+    """(3 or 4, S, S) uint8: the photo through the model's ``"crop"`` geometry and, when given, its mask
+    (resized to the photo first, then the same geometry with nearest-neighbour resampling)."""
+    pixels = processor(image, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"][0]
+    channels = [pixels]
     if mask is not None:
         mask = mask.convert("L").resize(image.size, Image.NEAREST)
-        channels.append(np.asarray(fit_square(mask, size, Image.NEAREST))[..., None])
-    return torch.from_numpy(np.concatenate(channels, axis=-1)).permute(2, 0, 1).contiguous()
+        channels.append(processor.preprocess_mask(mask, return_tensors="pt")[0])
+    return torch.cat(channels).round().clamp(0, 255).to(torch.uint8)
 
 
 class PhotoSource(Dataset):
     """The training photos: item i is (i, its (C, S, S) uint8 tensor or None when unreadable)."""
 
-    def __init__(self, options: DataOptions, image_size: int) -> None:
+    def __init__(self, options: DataOptions, config: COATConfig) -> None:
         if (options.data_dir is None) == (options.dataset_name is None):
             raise ValueError("give exactly one of --data_dir (a local image folder) or --dataset_name (a hub dataset)")
-        self.image_size = image_size
+        self.processor = COATImageProcessor.from_model_config(config, "crop")
         self.hub = None
         self.masks: list[Path] | None = None
         if options.data_dir is not None:
@@ -116,28 +99,24 @@ class PhotoSource(Dataset):
                              if options.data_dir else f"--dataset_name {options.dataset_name!r}: no images")
 
     def _from_folder(self, options: DataOptions) -> None:
-        root = Path(options.data_dir)
-        if not root.is_dir():
-            raise ValueError(f"--data_dir {options.data_dir!r} is not a folder")
-        mask_dir = Path(options.mask_dir) if options.mask_dir else None
-        if mask_dir is None and (root / "images").is_dir() and (root / "masks").is_dir():
-            root, mask_dir = root / "images", root / "masks"
+        root, mask_dir = image_and_mask_folders(options.data_dir, options.mask_dir)
         if mask_dir is not None and not mask_dir.is_dir():
             raise ValueError(f"--mask_dir {options.mask_dir!r} is not a folder")
-        paths = find_images(root)
+        paths = find_images(root, "--data_dir")
         if options.holdout_last:
             paths = paths[: max(len(paths) - options.holdout_last, 0)]
         patterns = [p for p in (options.exclude or "").split("|") if p]
         paths = [p for p in paths if not any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
-        classes = sorted({p.parent for p in paths})
+        classes = [image_class(p, root) or "" for p in paths]
+        names = sorted(set(classes))
         self.paths = paths
-        self.labels = np.array([classes.index(p.parent) for p in paths], dtype=np.int64)
+        self.labels = np.array([names.index(c) for c in classes], dtype=np.int64)
         if mask_dir is not None:
             logger.info("images from %s, foreground masks from %s", root, mask_dir)
-            self.masks = [find_mask(mask_dir, p) for p in paths]
-            missing = [p.name for p, m in zip(paths, self.masks) if m is None]
-            if missing:
-                raise ValueError(f"--mask_dir {str(mask_dir)!r} has no mask for {len(missing)} photos, e.g. {missing[0]}")
+            try:
+                self.masks = [find_mask(mask_dir, p, root) for p in paths]
+            except FileNotFoundError as err:
+                raise ValueError(f"--mask_dir {str(mask_dir)!r}: {err}") from None
 
     def _from_hub(self, options: DataOptions) -> None:
         import datasets
@@ -154,31 +133,22 @@ class PhotoSource(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _open(self, index: int) -> Image.Image:
-        if self.hub is None:
-            return Image.open(self.paths[index])
-        import io
-
-        image = self.hub[index][self.image_column]
-        return Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
-
     def load(self, index: int) -> Tensor:
-        """(3 or 4, S, S) uint8; raises one of ``UNREADABLE`` for a corrupt file or a decompression bomb."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with self._open(index) as image:
-                image = ImageOps.exif_transpose(image)
-                mask = None
-                if self.masks is not None:
-                    with Image.open(self.masks[index]) as m:
-                        mask = m.convert("L")
-                return to_uint8(image, self.image_size, mask)
+        """(3 or 4, S, S) uint8; raises ValueError for an unreadable file or a decompression bomb
+        (:func:`coat_hf.image_io.load_image`'s checks)."""
+        if self.hub is None:
+            image = load_image(self.paths[index], "--data_dir", self.paths[index].name)
+        else:
+            data = self.hub[index][self.image_column]
+            image = load_image(data.get("bytes") or data["path"], "--dataset_name", str(self.paths[index]))
+        mask = None if self.masks is None else load_image(self.masks[index], "--mask_dir", self.masks[index].name)
+        return to_uint8(self.processor, image, mask)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor | None]:
         try:
             return index, self.load(index)
-        except (*UNREADABLE, Image.DecompressionBombWarning) as err:
-            logger.warning("skipping unreadable image %s: %s", self.paths[index].name, err)
+        except ValueError as err:
+            logger.warning("skipping unreadable image: %s", err)
             return index, None
 
 

@@ -312,7 +312,7 @@ class Trainer:
         self.data = None
         self.num_images = 0
         if not self.export_only:  # bad data fails here, before the model is built
-            source = PhotoSource(config.data, self._image_size())
+            source = PhotoSource(config.data, self._model_config())
             self.data = TrainingData(source, config.data, args.seed, args.batch_size, acc.device, acc.num_processes,
                                      acc.process_index, args.gradient_accumulation_steps)
             self.num_images = len(self.data.index)
@@ -351,11 +351,12 @@ class Trainer:
             self.model.encoder.compile()
             self.model.decoder.compile()
 
-    def _image_size(self) -> int:
+    def _model_config(self) -> COATConfig:
+        """The architecture the run trains (checked before any weight is allocated)."""
         args = self.config.training
         if args.init_from:
-            return COATConfig.from_pretrained(args.init_from, **args.model_overrides).image_size
-        return COATConfig.preset(args.model_preset, **args.model_overrides).image_size
+            return COATConfig.from_pretrained(args.init_from, **args.model_overrides)
+        return COATConfig.preset(args.model_preset, **args.model_overrides)
 
     # -----------------------------------------------------------------------------------------------
 
