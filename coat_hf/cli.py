@@ -147,9 +147,9 @@ def _read_pairs(csv_path: Path, out_dir: Path) -> list[dict]:
                 inputs.setdefault(_file_key(value), pair.line)
         key = _file_key(out_dir / output)
         if os.path.commonpath([key, out_root]) != out_root:
-            raise ValueError(f"{where}: output {output!r} leads out of --out-dir")
+            raise ValueError(f"{where}: output {str(out_dir / output)!r} leads out of --out-dir")
         if key in outputs:
-            raise ValueError(f"{where}: output {output!r} is also line {outputs[key]}'s")
+            raise ValueError(f"{where}: output {str(out_dir / output)!r} is also line {outputs[key]}'s")
         outputs[key] = pair.line
         rows.append({"line": pair.line, "content": pair.content, "style": pair.style, "output": out_dir / output})
     for output, line in outputs.items():
