@@ -89,6 +89,16 @@ def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int) -> No
         raise ValueError(f"block_size must be positive, got {block_size}")
 
 
+def _column_max(s: Tensor) -> tuple[Tensor, Tensor]:
+    """``s.max(dim=1)`` of a (B, blk, N2) block, values and first arg-max: the same result, several times faster
+    on CPUs, where a reduction with indices across rows is slow and one without them is fast."""
+    values = s.amax(dim=1)  # (B, N2)
+    blk = s.shape[1]
+    countdown = torch.arange(blk, 0, -1, dtype=torch.int16 if blk < 2**15 else torch.int32, device=s.device)
+    first = blk - ((s == values[:, None, :]) * countdown[None, :, None]).amax(dim=1).long()
+    return values, first.clamp_max(blk - 1)  # a NaN column matches nowhere: kept in range
+
+
 def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, temperature: float | None
                     ) -> tuple[Correspondence, Tensor | None]:
     """One pass over blocks of content rows of S (Eq. 1): row and column maxima and, when ``temperature``
@@ -111,7 +121,7 @@ def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, t
         stop = start + s.shape[1]
         with torch.no_grad():
             row_max[:, start:stop], row_arg[:, start:stop] = s.max(dim=2)
-            blk_max, blk_arg = s.max(dim=1)  # (B, N2)
+            blk_max, blk_arg = _column_max(s)  # (B, N2)
             better = blk_max > col_max  # strict: on ties the earlier (smaller) index wins, as argmax does
             col_max = torch.where(better, blk_max, col_max)
             col_arg = torch.where(better, blk_arg + start, col_arg)
