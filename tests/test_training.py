@@ -312,3 +312,21 @@ def test_two_processes_match_one_process(image_folder, tmp_path, tiny_train_args
     for a, b in zip(one, two):
         for key in ("loss", "rec", "reg", "ccl", "transfer"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a, b)
+
+
+def test_hub_datasets_are_read_by_name(image_folder, tmp_path):
+    """A 🤗 dataset with an image and a label column (here a local parquet folder; a Hub id reads the same way)."""
+    import datasets
+
+    paths = sorted(str(p) for p in image_folder.rglob("*_0[0-5].png"))
+    labels = [int("squares" in p) for p in paths]
+    ds = datasets.Dataset.from_dict({"picture": paths, "label": labels}).cast_column("picture", datasets.Image())
+    (tmp_path / "hub").mkdir()
+    ds.to_parquet(tmp_path / "hub" / "train.parquet")
+    options = DataOptions(dataset_name=str(tmp_path / "hub"), image_column="picture", cache_images=True)
+    data = TrainingData(PhotoSource(options, CONFIG_32), options, seed=0, batch_size=4, device=torch.device("cpu"))
+    assert len(data.index) == 12 and data.skipped == 0
+    content, style, _ = data.schedule.samples(data.schedule.positions(0))
+    assert (torch.tensor(labels)[content] == torch.tensor(labels)[style]).all()
+    with pytest.raises(ValueError, match="--image_column 'image'"):
+        PhotoSource(DataOptions(dataset_name=str(tmp_path / "hub")), CONFIG_32)

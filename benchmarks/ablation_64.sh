@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The transfer-recipe ablation at 64 px on a CPU (issue 15): each arm trains for the same wall-clock budget,
+# two arms at a time with one thread each, then `python -m coat_hf.evaluation` scores every arm on
+# celeba/val with the full n sweep, under each alignment rule at inference. Results: runs/ablation/*/results.md.
+#   bash benchmarks/ablation_64.sh [MINUTES]            (default 28 minutes per arm)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINUTES=${1:-28}
+DATA=${COAT_DATA_DIR:-../shared/data}
+OUT=runs/ablation
+mkdir -p $OUT
+train() {  # name, then overrides of training/configs/recipe-64.yaml
+  local name=$1; shift
+  python training/train.py --config training/configs/recipe-64.yaml --data_dir "$DATA/celeba/train" \
+    --output_dir "$OUT/$name" --num_workers 0 --max_minutes "$MINUTES" --resume latest "$@" > "$OUT/$name.log" 2>&1
+}
+evaluate() {  # name, alignment rule
+  python -m coat_hf.evaluation --model "$OUT/$1/final" --data "$DATA/celeba/val" --out "$OUT/eval/$1-$2" \
+    --alignment "$2" --num-pairs 30 --num-reconstruction 20 --threads 1 > "$OUT/eval-$1-$2.log" 2>&1
+}
+train paper --transfer_weight 0 --model_overrides "{alignment: mutual, modulation_pyramid: false}" &
+train recipe &
+wait
+train transfer --model_overrides "{alignment: mutual, modulation_pyramid: false}" &
+train transfer-pyramid --model_overrides "{alignment: mutual, modulation_pyramid: true}" &
+wait
+for arm in paper transfer transfer-pyramid recipe; do
+  for rule in mutual nearest soft; do evaluate $arm $rule; done
+done
