@@ -20,7 +20,6 @@ import logging
 import os
 import struct
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
