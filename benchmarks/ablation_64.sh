@@ -18,12 +18,14 @@ evaluate() {  # name, alignment rule
   python -m coat_hf.evaluation --model "$OUT/$1/final" --data "$DATA/celeba/val" --out "$OUT/eval/$1-$2" \
     --alignment "$2" --num-pairs 30 --num-reconstruction 20 --threads 1 > "$OUT/eval-$1-$2.log" 2>&1
 }
-train paper --transfer_weight 0 --model_overrides "{alignment: mutual, modulation_pyramid: false}" &
-train recipe &
+# The paper's objective; + the transfer term; + the pyramid E_mod; + soft matches in training (all else equal).
+train paper --transfer_weight 0 --model_overrides "{alignment: mutual, modulation_pyramid: false}" \
+  --train_alignment mutual &
+train transfer-pyramid-soft --model_overrides "{alignment: soft, modulation_pyramid: true}" --train_alignment soft &
 wait
-train transfer --model_overrides "{alignment: mutual, modulation_pyramid: false}" &
-train transfer-pyramid --model_overrides "{alignment: mutual, modulation_pyramid: true}" &
+train transfer --model_overrides "{alignment: mutual, modulation_pyramid: false}" --train_alignment mutual &
+train transfer-pyramid --model_overrides "{alignment: mutual, modulation_pyramid: true}" --train_alignment mutual &
 wait
-for arm in paper transfer transfer-pyramid recipe; do
+for arm in paper transfer transfer-pyramid transfer-pyramid-soft; do
   for rule in mutual nearest soft; do evaluate $arm $rule; done
 done

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..configuration_coat import ALIGNMENT_RULES
 from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, correspondence_contrastive_loss,
                       latent_regularization, load_lpips, reconstruction_loss)
 from ..modeling_coat import COATModel
@@ -61,6 +62,9 @@ class ObjectiveConfig:
         "help": "n of the L_CCL transfer branch (default: drawn per sample in 1..K-1)."})
     transfer_weight: float = field(default=0.0, metadata={
         "help": "γ, weight of the supervised pseudo-exemplar transfer term (0: the paper's objective)."})
+    train_alignment: str | None = field(default=None, metadata={
+        "help": "Alignment rule in training (mutual, nearest or soft; default: the model's, which stays the "
+                "rule at inference)."})
 
     def __post_init__(self) -> None:
         if self.reg_type not in LATENT_REGULARIZATIONS:
@@ -71,6 +75,8 @@ class ObjectiveConfig:
         for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.train_alignment is not None and self.train_alignment not in ALIGNMENT_RULES:
+            raise ValueError(f"train_alignment must be one of {ALIGNMENT_RULES}, got {self.train_alignment!r}")
         if self.ccl_num_positions < 1:
             raise ValueError(f"ccl_num_positions must be positive, got {self.ccl_num_positions}")
 
@@ -207,7 +213,7 @@ class COATTrainingObjective(nn.Module):
         loss = rec + cfg.reg_alpha * parts["reg"]
 
         # 2. Transfer I2 -> I1 with a per-sample n, then L_CCL on E(I_{2->1}) against F1.
-        aligned, correspondences = model.align(content_features, style_features)
+        aligned, correspondences = model.align(content_features, style_features, cfg.train_alignment)
         latents = mix_per_sample(content_latents, model.style_vectors(aligned), self._transfer_n(keys))
         transfer = model.decoder(latents, noise)  # (B, 3, S, S)
         if cfg.ccl_beta > 0:
@@ -217,7 +223,7 @@ class COATTrainingObjective(nn.Module):
         # 3. The supervised transfer term on pseudo-exemplar pairs (the real style photo lends its colours).
         if cfg.transfer_weight > 0:
             pseudo_style, target = pseudo_exemplar_pair(content, style, keys, self.pseudo_pairs)
-            aligned, _ = model.align(content_features, model.encoder(pseudo_style))
+            aligned, _ = model.align(content_features, model.encoder(pseudo_style), cfg.train_alignment)
             k = model.config.num_modulation_layers
             latents = mix_per_sample(content_latents, model.style_vectors(aligned), randint(keys, _PSEUDO_N_STREAM, 0, k))
             parts["transfer"], _ = self._rec(model.decoder(latents, noise), target, mask)
