@@ -8,7 +8,8 @@ Each process count runs the real training step (:class:`coat_hf.training.trainer
 ``--warmup`` + ``--steps`` steps (several processes through ``torch.distributed.run``, gloo on a CPU),
 counts the FLOPs of one step with ``torch.utils.flop_counter.FlopCounterMode`` (forward and backward),
 and measures the device's dense matmul rate in the same run (bf16 on CUDA under bf16, float32
-otherwise), so the achieved rate is reported as a fraction of what this machine can do. Appends one
+otherwise, by one process with its threads), so the achieved rate is reported as a fraction of what the
+processes together can do. Appends one
 JSON row per run to ``--out`` (default ``benchmarks/results/training_<machine>.json``) and prints a table.
 """
 
@@ -94,7 +95,7 @@ def measure(train_args: list[str], warmup: int, steps: int) -> dict | None:
         "images_per_s": global_batch * steps / seconds, "peak_memory_mb": memory,
         "gflop_per_image": flops_per_step / global_batch / 1e9, "achieved_tflops": achieved,
         "matmul_tflops": rate, "matmul_dtype": "bfloat16" if bf16 else "float32",
-        "fraction_of_matmul_rate": achieved / rate,
+        "fraction_of_matmul_rate": achieved / (rate * acc.num_processes),  # each process has its own cores / GPU
     }
 
 
