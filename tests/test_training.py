@@ -330,3 +330,8 @@ def test_hub_datasets_are_read_by_name(image_folder, tmp_path):
     assert (torch.tensor(labels)[content] == torch.tensor(labels)[style]).all()
     with pytest.raises(ValueError, match="--image_column 'image'"):
         PhotoSource(DataOptions(dataset_name=str(tmp_path / "hub")), CONFIG_32)
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(config, image_folder):
+    parse_arguments(["--config", str(config), "--data_dir", str(image_folder)])
