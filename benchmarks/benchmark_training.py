@@ -66,15 +66,15 @@ def measure(train_args: list[str], warmup: int, steps: int) -> dict | None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     trainer.objective.train()
     for step in range(warmup):
-        trainer._step(step)
+        trainer.train_step(step)
     with FlopCounterMode(display=False) as counter:
-        trainer._step(warmup)
+        trainer.train_step(warmup)
     flops_per_step = counter.get_total_flops() * acc.num_processes
     sync()
     acc.wait_for_everyone()
     start = time.perf_counter()
     for step in range(warmup + 1, warmup + 1 + steps):
-        parts = trainer._step(step)
+        parts = trainer.train_step(step)
     parts["loss"].item()
     sync()
     acc.wait_for_everyone()

@@ -36,10 +36,13 @@ class COATOutput(ModelOutput):
     correspondences: tuple[Correspondence, ...] | None = None
 
 
-def mix_latents(content_latents: Tensor, style_latents: Tensor, n: int) -> Tensor:
-    """The first ``n`` modulation layers take the content's vectors, the rest the style's. (B, K, D) each."""
-    mask = torch.arange(content_latents.shape[1], device=content_latents.device) < n
-    return torch.where(mask[None, :, None], content_latents, style_latents)
+def mix_latents(content_latents: Tensor, style_latents: Tensor, n: int | Tensor) -> Tensor:
+    """The first ``n`` modulation layers take the content's vectors, the rest the style's. (B, K, D) each;
+    ``n`` is one int for the batch or a (B,) tensor, one n per sample (training draws them)."""
+    layer = torch.arange(content_latents.shape[1], device=content_latents.device)
+    n = torch.as_tensor(n, device=content_latents.device)
+    mask = layer < n[..., None]  # (K,) or (B, K)
+    return torch.where(mask.expand(content_latents.shape[:2])[:, :, None], content_latents, style_latents)
 
 
 class COATPreTrainedModel(PreTrainedModel):

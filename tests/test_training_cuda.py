@@ -21,12 +21,12 @@ def test_training_step_never_waits_for_the_host(tmp_path, tiny_train_args):
                                        "--mixed_precision", "bf16"]))
     trainer.objective.train()
     initial = [s.clone() for s in trainer.ema.shadow]
-    trainer._step(0)  # warm-up: allocations, cuDNN autotuning, the first epoch's permutation
+    trainer.train_step(0)  # warm-up: allocations, cuDNN autotuning, the first epoch's permutation
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in (1, 2):
-            trainer._step(step)
+            trainer.train_step(step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     # The EMA follows the weights the optimiser trains (not stale copies left on the host by the move).

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,11 +286,3 @@ class TrainingData:
         content, style, keys = self.schedule.samples(self.schedule.positions(step, micro_batch, self.rank))
         content_px, style_px = self._gather(content), self._gather(style)
         return _to_batch(content_px, style_px[:, :3], keys.to(self.device, non_blocking=True), self.options, dtype)
-
-    def batches(self, start_step: int, accumulation: int = 1) -> Iterator[tuple[int, int, Batch]]:
-        """(step, micro-batch, batch) from ``start_step`` on, without end."""
-        step = start_step
-        while True:
-            for micro in range(accumulation):
-                yield step, micro, self.batch(step, micro)
-            step += 1

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..configuration_coat import ALIGNMENT_RULES
 from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, correspondence_contrastive_loss,
                       latent_regularization, load_lpips, reconstruction_loss)
-from ..modeling_coat import COATModel
+from ..modeling_coat import COATModel, mix_latents
 from .pseudo_pairs import PseudoPairOptions, pseudo_exemplar_pair
 from .random import normal, randint, uniform
 
@@ -85,12 +85,6 @@ def per_sample_noise(model: COATModel, keys: Tensor) -> list[Tensor]:
     """D's noise maps drawn from each sample's key: (B, 1, r, r) per StyledConv."""
     return [normal(keys, _NOISE_STREAM + i, r * r).view(-1, 1, r, r)
             for i, r in enumerate(model.decoder.noises.resolutions)]
-
-
-def mix_per_sample(content_latents: Tensor, style_latents: Tensor, n: Tensor) -> Tensor:
-    """Layers k < n_b take the content's codes, the rest the style's: (B, K, D) each, n (B,)."""
-    layer = torch.arange(content_latents.shape[1], device=content_latents.device)
-    return torch.where((layer[None, :] < n[:, None])[:, :, None], content_latents, style_latents)
 
 
 class COATTrainingObjective(nn.Module):
@@ -214,7 +208,7 @@ class COATTrainingObjective(nn.Module):
 
         # 2. Transfer I2 -> I1 with a per-sample n, then L_CCL on E(I_{2->1}) against F1.
         aligned, correspondences = model.align(content_features, style_features, cfg.train_alignment)
-        latents = mix_per_sample(content_latents, model.style_vectors(aligned), self._transfer_n(keys))
+        latents = mix_latents(content_latents, model.style_vectors(aligned), self._transfer_n(keys))
         transfer = model.decoder(latents, noise)  # (B, 3, S, S)
         if cfg.ccl_beta > 0:
             parts["ccl"] = self.contrastive_loss(model.encoder(transfer), content_features, correspondences, mask, keys)
@@ -225,7 +219,7 @@ class COATTrainingObjective(nn.Module):
             pseudo_style, target = pseudo_exemplar_pair(content, style, keys, self.pseudo_pairs)
             aligned, _ = model.align(content_features, model.encoder(pseudo_style), cfg.train_alignment)
             k = model.config.num_modulation_layers
-            latents = mix_per_sample(content_latents, model.style_vectors(aligned), randint(keys, _PSEUDO_N_STREAM, 0, k))
+            latents = mix_latents(content_latents, model.style_vectors(aligned), randint(keys, _PSEUDO_N_STREAM, 0, k))
             parts["transfer"], _ = self._rec(model.decoder(latents, noise), target, mask)
             loss = loss + cfg.transfer_weight * parts["transfer"]
 

@@ -344,7 +344,6 @@ class Trainer:
             self.adversary = Adversary(*acc.prepare(discriminator, disc_optimizer), discriminator)
         self.state = TrainState()
         self.objective, self.optimizer, self.scheduler = acc.prepare(self.objective, self.optimizer, self.scheduler)
-        self.ema.shadow = [s.to(acc.device) for s in self.ema.shadow]
         acc.register_for_checkpointing(self.ema, self.state)
         self.checkpoint_root = self.output_dir / "checkpoints"
         if args.compile:
@@ -365,8 +364,7 @@ class Trainer:
         resume = args.resume or ("latest" if self.export_only else None)
         path = resolve_resume(resume, self.checkpoint_root)
         if path is not None:
-            self.accelerator.load_state(str(path))
-            self.ema.shadow = [s.to(self.accelerator.device) for s in self.ema.shadow]
+            self.accelerator.load_state(str(path))  # the EMA's load_state_dict keeps its tensors' device
             logger.info("resumed from %s at step %d", path, self.state.step)
         elif self.export_only:
             raise ValueError(f"--export: no checkpoint to export in {self.checkpoint_root}")
@@ -389,7 +387,7 @@ class Trainer:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
         return f"{self.accelerator.num_processes} x {name}"
 
-    def _step(self, step: int) -> dict[str, Tensor]:
+    def train_step(self, step: int) -> dict[str, Tensor]:
         """One optimiser step (all its micro-batches); returns the detached parts of the last one."""
         args, acc = self.config.training, self.accelerator
         models = (self.objective,) if self.adversary is None else (self.objective, self.adversary.discriminator)
@@ -461,7 +459,7 @@ class Trainer:
         last_logs: dict[str, float] = {}
         self.objective.train()
         while self.state.step < args.max_steps:
-            parts = self._step(self.state.step)
+            parts = self.train_step(self.state.step)
             for key, value in parts.items():
                 sums[key] = sums[key] + value if key in sums else value
             self.state.step += 1
