@@ -89,8 +89,10 @@ def test_upload_slide_run_shows_result_and_matches(served, browser_page, tmp_pat
         page.wait_for_selector(selector, timeout=60_000)
     page.wait_for_function("Number(document.querySelector('#count input').value) > 0", timeout=30_000)
 
-    # The page shows what the app's function gives for the slider's n.
-    result, matches, count, heatmap = demo.transfer(str(content), str(style), n, demo.default_scale())
+    # The page shows what the app's function gives for the slider's n (an app that may read tmp_path: the
+    # served one accepts uploads only).
+    reference = type(demo)(demo.pipe, input_folders=[tmp_path])
+    result, matches, count, heatmap = reference.transfer(str(content), str(style), n, demo.default_scale())
     assert np.array_equal(np.asarray(fetch_image(page, "#result")), np.asarray(result))
     assert fetch_image(page, "#matches").size == matches.size
     assert fetch_image(page, "#heatmap").size == heatmap.size
