@@ -271,8 +271,8 @@ class COATDemo:
                 "# COAT: correspondence-driven object appearance transfer\n"
                 "Re-render the **content** photo's object with the **style** photo's appearance "
                 "(COAT, Jeon et al., BMVC 2022). The model matches the two "
-                "images' features (mutual nearest neighbours) and moves the style's features onto the content "
-                "where they match; the panel below shows those matches."
+                "images' features and moves the style's features onto the content by those matches (the "
+                "**Alignment** control picks the rule); the panel below shows the confident (mutual) matches."
             )
             if is_untrained(self.pipe.model.name_or_path):
                 gr.Markdown(f"**Note:** this server runs `{UNTRAINED_MODEL}`, an untrained placeholder: the "
