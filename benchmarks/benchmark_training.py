@@ -52,7 +52,36 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: 
     return 2 * size**3 / best / 1e12
 
 
-def measure(train_args: list[str], warmup: int, steps: int) -> dict | None:
+def profile_steps(trainer, first_step: int, steps: int, path: Path) -> dict:
+    """Profile ``steps`` training steps with ``torch.profiler``; writes the busiest operators to ``path``.
+
+    Returns the device time the kernels took and the number of kernels launched, per step: a device busy for
+    a small part of a step's wall time is waiting on the host (kernel launches), not computing.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for step in range(first_step, first_step + steps):
+            trainer.train_step(step)
+        sync()
+    wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"] if cuda else []
+    busy = sum(e.self_device_time_total for e in events) / 1e6 / steps if cuda else wall
+    summary = {"profiled_wall_ms_per_step": 1e3 * wall, "device_busy_ms_per_step": 1e3 * busy,
+               "kernels_per_step": len(kernels) / steps}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary) + "\n" + events.table(sort_by=sort, row_limit=40, max_name_column_width=60))
+    return summary
+
+
+def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path | None = None) -> dict | None:
     """Run the training step in this process (one rank); returns the row on rank 0."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -81,6 +110,7 @@ def measure(train_args: list[str], warmup: int, steps: int) -> dict | None:
     seconds = time.perf_counter() - start
     global_batch = args.batch_size * acc.num_processes * args.gradient_accumulation_steps
     memory = acc.reduce(torch.tensor(peak_memory_mb(device), device=device), "max").item()
+    profiled = profile_steps(trainer, warmup + 1 + steps, 3, profile_path) if profile_path else {}
     if not acc.is_main_process:
         return None
     bf16 = device.type == "cuda" and args.mixed_precision == "bf16"
@@ -96,6 +126,7 @@ def measure(train_args: list[str], warmup: int, steps: int) -> dict | None:
         "gflop_per_image": flops_per_step / global_batch / 1e9, "achieved_tflops": achieved,
         "matmul_tflops": rate, "matmul_dtype": "bfloat16" if bf16 else "float32",
         "fraction_of_matmul_rate": achieved / (rate * acc.num_processes),  # each process has its own cores / GPU
+        "train_alignment": config.objective.train_alignment, **profiled,
     }
 
 
@@ -108,6 +139,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", default=None, help="JSON file the rows are appended to")
+    parser.add_argument("--profile", default=None,
+                        help="also profile 3 steps (one process) and write the busiest operators to this text file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args, train_overrides = parser.parse_known_args()
 
@@ -115,7 +148,7 @@ def main() -> None:
         train_args = ["--config", args.config, "--data_dir", args.data_dir, "--output_dir", tmp,
                       "--report_to", "none", "--lr_warmup_steps", "0", *train_overrides]
         if args.worker:
-            row = measure(train_args, args.warmup, args.steps)
+            row = measure(train_args, args.warmup, args.steps, Path(args.profile) if args.profile else None)
             if row is not None:
                 print("ROW " + json.dumps(row), flush=True)
             return
@@ -123,6 +156,8 @@ def main() -> None:
         for processes in args.processes:
             command = [sys.executable, __file__, "--worker", "--warmup", str(args.warmup), "--steps", str(args.steps),
                        "--config", args.config, "--data_dir", args.data_dir, *train_overrides]
+            if args.profile and processes == 1:
+                command += ["--profile", args.profile]
             env = dict(os.environ)
             if processes > 1:
                 command[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
