@@ -6,8 +6,9 @@ neighbours of Eq. 1-3 at one feature scale and the soft mutual consistency Q of 
 A slider picks n, the number of modulation layers that keep the content's style vectors; "Sweep" renders
 every n at once.
 
-``--model`` (or ``COAT_MODEL``) picks the model, by default the one bundled with the package; ``--examples
-DIR`` adds example pairs. Hugging Face Spaces runs this file as is and sets GRADIO_SERVER_NAME/PORT.
+``--model`` (or ``COAT_MODEL``) picks the model, by default the one bundled with the package; the page offers
+the model's own example pairs (photos of its category shipped inside installed packages, see
+``coat_hf/pretrained/examples.py``) and ``--examples DIR`` adds yours. Hugging Face Spaces runs this file as is and sets GRADIO_SERVER_NAME/PORT.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from coat_hf.configuration_coat import ALIGNMENT_RULES  # noqa: E402
 from coat_hf.image_io import find_images, load_image, read_pairs_csv  # noqa: E402
 from coat_hf.pipeline_coat import TASK, COATAppearanceTransferPipeline  # noqa: E402
 from coat_hf.pretrained import UNTRAINED_MODEL, is_untrained, resolve_model  # noqa: E402
+from coat_hf.pretrained.examples import ExamplePhoto, model_examples  # noqa: E402
 from coat_hf.visualization import confidence_heatmap, default_scale  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -50,13 +51,6 @@ SEED = 0
 
 EXAMPLE_SIZE = 256
 """Example photos are centre-cropped to squares of this side (the model sees images resized as a whole)."""
-
-BUNDLED_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
-    # (content, style) as (installed package, file inside it): photos the install already has, no download.
-    (("gradio", "media_assets/images/cheetah1.jpg"), ("gradio", "media_assets/images/lion.jpg")),
-    (("gradio", "media_assets/images/lion.jpg"), ("gradio", "test_data/cheetah2.jpg")),
-    (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"), ("gradio", "media_assets/images/groot.jpeg")),
-)
 
 HEATMAP_HEIGHT = 256
 """Height in pixels of the confidence heatmap (the content's aspect ratio is kept), as of the matches picture."""
@@ -96,30 +90,14 @@ def as_scale(value: Any) -> Any:
     return int(value) if isinstance(value, str) and value.isdecimal() else value
 
 
-def prepare_example(source: str | os.PathLike, out_dir: Path, stem: str) -> str:
-    """A square PNG copy of ``source`` (centre crop, :data:`EXAMPLE_SIZE` px) in ``out_dir``; returns its path."""
-    image = ImageOps.fit(load_image(source, stem), (EXAMPLE_SIZE, EXAMPLE_SIZE), PIL.Image.Resampling.LANCZOS)
+def prepare_example(source: str | os.PathLike | ExamplePhoto, out_dir: Path, stem: str) -> str:
+    """A square PNG copy of ``source`` (a photo file, or a model's :class:`ExamplePhoto`, cropped; then a centre
+    crop of :data:`EXAMPLE_SIZE` px) in ``out_dir``; returns its path."""
+    image = source.load() if isinstance(source, ExamplePhoto) else load_image(source, stem)
+    image = ImageOps.fit(image, (EXAMPLE_SIZE, EXAMPLE_SIZE), PIL.Image.Resampling.LANCZOS)
     path = out_dir / f"{stem}.png"
     image.save(path)
     return str(path)
-
-
-def bundled_pairs() -> list[tuple[Path, Path]]:
-    """The :data:`BUNDLED_PAIRS` whose two photos this install has."""
-    pairs = []
-    for pair in BUNDLED_PAIRS:
-        paths = []
-        for package, name in pair:
-            try:
-                path = resources.files(package).joinpath(name)
-            except ModuleNotFoundError:
-                break
-            if not path.is_file():
-                break
-            paths.append(Path(str(path)))
-        else:
-            pairs.append((paths[0], paths[1]))
-    return pairs
 
 
 def folder_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
@@ -138,20 +116,27 @@ def folder_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
     return list(zip(images[0::2], images[1::2]))
 
 
-def build_examples(out_dir: str | os.PathLike, folder: str | os.PathLike | None = None) -> list[list[str]]:
+def build_examples(out_dir: str | os.PathLike, folder: str | os.PathLike | None = None,
+                   model: str | os.PathLike | None = None) -> list[list[str]]:
     """Example pairs for the page, written as square PNGs into ``out_dir``: those of ``folder`` (see
-    :func:`folder_pairs`) first, then the photos bundled with installed packages. Unreadable photos are skipped."""
+    :func:`folder_pairs`) first, then ``model``'s own (:func:`coat_hf.pretrained.examples.model_examples`: photos of
+    its category shipped inside installed packages). Unreadable photos are skipped."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = (folder_pairs(folder) if folder is not None else []) + bundled_pairs()
+    pairs = (folder_pairs(folder) if folder is not None else []) + model_examples(model)
     examples = []
     for i, (content, style) in enumerate(pairs):
         try:
-            examples.append([prepare_example(content, out_dir, f"{i:02d}-content-{Path(content).stem}"),
-                             prepare_example(style, out_dir, f"{i:02d}-style-{Path(style).stem}")])
+            examples.append([prepare_example(content, out_dir, f"{i:02d}-content-{example_stem(content)}"),
+                             prepare_example(style, out_dir, f"{i:02d}-style-{example_stem(style)}")])
         except ValueError as err:
             logger.warning("skipping example pair %d: %s", i, err)
     return examples
+
+
+def example_stem(source: Path | ExamplePhoto) -> str:
+    """The file-name part that says which photo an example is."""
+    return source.name if isinstance(source, ExamplePhoto) else source.stem
 
 
 def load_pipeline(model: str | os.PathLike | None = None) -> COATAppearanceTransferPipeline:
@@ -345,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with tempfile.TemporaryDirectory(prefix="coat-examples-") as folder:
         try:
-            examples = build_examples(folder, args.examples)
+            examples = build_examples(folder, args.examples, args.model)
         except ValueError as err:
             raise SystemExit(f"app.py: {err}") from None
         demo = COATDemo(load_pipeline(args.model), input_folders=[folder])

@@ -3,11 +3,15 @@
 # two arms at a time with one thread each, then `python -m coat_hf.evaluation` scores every arm on
 # celeba/val with the full n sweep, under each alignment rule at inference. Results: runs/ablation/*/results.md.
 #   bash benchmarks/ablation_64.sh [MINUTES]            (default 28 minutes per arm)
+#   bash benchmarks/ablation_64.sh MINUTES hybrids      (item 4: the chosen recipe, + style mixing, + the
+#                                                        adversarial term on transfers and reconstructions; three
+#                                                        arms side by side, scored with nearest matches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-28}
+SET=${2:-recipe}
 DATA=${COAT_DATA_DIR:-../shared/data}
-OUT=runs/ablation
+OUT=runs/ablation$([ "$SET" = recipe ] || echo "-$SET")
 mkdir -p $OUT
 train() {  # name, then overrides of training/configs/recipe-64.yaml
   local name=$1; shift
@@ -18,6 +22,15 @@ evaluate() {  # name, alignment rule
   python -m coat_hf.evaluation --model "$OUT/$1/final" --data "$DATA/celeba/val" --out "$OUT/eval/$1-$2" \
     --alignment "$2" --num-pairs 30 --num-reconstruction 20 --threads 1 > "$OUT/eval-$1-$2.log" 2>&1
 }
+if [ "$SET" = hybrids ]; then
+  train recipe &
+  train recipe-mixing --style_mixing_prob 0.9 &
+  train recipe-adversarial --adversarial true &
+  wait
+  for arm in recipe recipe-mixing recipe-adversarial; do evaluate $arm nearest & done
+  wait
+  exit
+fi
 # The paper's objective; + the transfer term; + the pyramid E_mod; + soft matches in training (all else equal).
 train paper --transfer_weight 0 --model_overrides "{alignment: mutual, modulation_pyramid: false}" \
   --train_alignment mutual &

@@ -1,6 +1,7 @@
 """One Markdown table of the 64 px ablation (benchmarks/ablation_64.sh) from its evaluation outputs.
 
     python benchmarks/ablation_table.py runs/ablation/eval > docs/ablation-64.md
+    python benchmarks/ablation_table.py runs/ablation-hybrids/eval      (item 4's arms)
 
 Per arm and alignment rule at inference: reconstruction, the n sweep's range of the local colour ratio and SWD
 Lab, and the acceptance check (the lowest local colour ratio among the n whose structure distance stays below
@@ -13,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-ARMS = ("paper", "transfer", "transfer-pyramid", "transfer-pyramid-soft")
+ARMS = ("paper", "transfer", "transfer-pyramid", "transfer-pyramid-soft", "recipe", "recipe-mixing",
+        "recipe-adversarial")
 
 
 def mean(method: dict, group: str, key: str) -> float:

@@ -2,11 +2,11 @@
 
     python benchmarks/benchmark_inference.py [--sizes 64,128,256,512,1024] [--max-seconds 100] [--threads N]
 
-Models: untrained (seeded) ones with the ``small`` preset's encoder (widths 48, 96, 160, 256) and style
-dimension (192), at each image size S, with decoder widths ``min(256, 32 · 2^(levels above S))`` (32 at the
+Models: untrained (seeded) ones with the bundled models' architecture (the ``small`` preset's encoder, widths 48,
+96, 160, 256, style dimension 192, the pyramid E_mod and nearest matches), at each image size S, with decoder widths ``min(256, 32 · 2^(levels above S))`` (32 at the
 output resolution, doubling towards 4 px up to 256, which is the small preset at 128 px except 256 for its
 192 at 16 px). Latency and memory do not depend on the weights. Each method handles one pair (batch 1):
-``coat`` (alignment at all four scales, n = default_n), ``latent-swap`` (no alignment) and ``warp``
+``coat`` (nearest matches at all four scales, n = default_n), ``latent-swap`` (no alignment) and ``warp``
 (nearest neighbours on E's scale-1 map); image decoding and resizing are not included.
 
 Alignment: ``align_features`` (blocked, ``block_size`` 1024) against the naive reading of Eq. 1-3 that builds
@@ -56,10 +56,12 @@ GROWTH_PER_DOUBLING = {"coat": 16.0, "latent-swap": 4.0, "warp": 16.0, "align-bl
 
 
 def benchmark_config(image_size: int) -> COATConfig:
-    """The small preset's encoder and style size at ``image_size``, decoder widths 32 at the output doubling to 256."""
+    """The bundled models' architecture (the small preset, pyramid E_mod, nearest matches) at ``image_size``, decoder
+    widths 32 at the output doubling to 256."""
     levels = image_size.bit_length() - 2  # resolutions 4, 8, ..., image_size
     decoder_channels = [min(256, 32 * 2 ** (levels - 1 - i)) for i in range(levels)]
-    return COATConfig.preset("small", image_size=image_size, decoder_channels=decoder_channels)
+    return COATConfig.preset("small", image_size=image_size, decoder_channels=decoder_channels, alignment="nearest",
+                             modulation_pyramid=True)
 
 
 def build_method(name: str, model: COATModel) -> TransferMethod:

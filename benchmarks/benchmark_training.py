@@ -73,7 +73,7 @@ def profile_steps(trainer, first_step: int, steps: int, path: Path) -> dict:
     events = prof.key_averages()
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"] if cuda else []
-    busy = sum(e.self_device_time_total for e in events) / 1e6 / steps if cuda else wall
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6 / steps if cuda else wall  # kernels, not operators
     summary = {"profiled_wall_ms_per_step": 1e3 * wall, "device_busy_ms_per_step": 1e3 * busy,
                "kernels_per_step": len(kernels) / steps}
     path.parent.mkdir(parents=True, exist_ok=True)

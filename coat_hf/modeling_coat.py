@@ -131,12 +131,14 @@ class COATModel(COATPreTrainedModel):
             raise ValueError(f"alignment must be one of {ALIGNMENT_RULES}, got {alignment!r}")
         return alignment
 
-    def align(self, content_features: list[Tensor], style_features: list[Tensor], alignment: str | None = None
-              ) -> tuple[list[Tensor], list[Correspondence]]:
+    def align(self, content_features: list[Tensor], style_features: list[Tensor], alignment: str | None = None,
+              return_matches: bool = True) -> tuple[list[Tensor], list[Correspondence | None]]:
         """Eq. 1-3 (or the rule ``alignment``, default ``config.alignment``) at every scale: aligned style
-        maps F^_l and their matches."""
+        maps F^_l and their matches (``None`` where ``return_matches`` is False and the rule does not need them,
+        see :func:`~coat_hf.correspondence.align_features`)."""
         rule = self._check_alignment(alignment)
-        pairs = [align_features(f1, f2, self.config.alignment_block_size, rule, self.config.alignment_temperature)
+        pairs = [align_features(f1, f2, self.config.alignment_block_size, rule, self.config.alignment_temperature,
+                                return_matches)
                  for f1, f2 in zip(content_features, style_features)]
         return [a for a, _ in pairs], [m for _, m in pairs]
 
@@ -197,7 +199,8 @@ class COATModel(COATPreTrainedModel):
         style_features = self.encoder(style_pixel_values)
         correspondences = None
         if use_alignment or output_correspondence:
-            aligned, correspondences = self.align(content_features, style_features, alignment)
+            aligned, correspondences = self.align(content_features, style_features, alignment,
+                                                  return_matches=output_correspondence)
             if use_alignment:
                 style_features = aligned
         content_latents = self.style_vectors(content_features)  # (B, K, D)

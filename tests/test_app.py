@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,6 +24,7 @@ sys.path.insert(0, str(REPO))  # app.py sits at the repository root (Spaces' app
 import app  # noqa: E402
 from coat_hf.image_io import MAX_IMAGE_PIXELS, load_image  # noqa: E402
 from coat_hf.pretrained import UNTRAINED_MODEL, available_models, default_model, resolve_model  # noqa: E402
+from coat_hf.pretrained.examples import model_examples  # noqa: E402
 
 
 def free_port() -> int:
@@ -172,16 +174,42 @@ def test_default_model_is_the_bundled_default():
 # --- examples -------------------------------------------------------------------------------------------------
 
 
-def test_examples_come_from_installed_packages(tmp_path):
-    pairs = app.bundled_pairs()
-    assert pairs, "gradio and matplotlib ship sample photos"
-    assert all(REPO not in p.parents for pair in pairs for p in pair)
-    examples = app.build_examples(tmp_path / "out")
+@pytest.mark.parametrize("model, names", [
+    ("coat-celeba-128", [("grace-hopper", "astronaut"), ("astronaut", "grace-hopper")]),
+    ("coat-afhq-cat-128", [("chelsea", "cheetah"), ("cheetah", "chelsea"), ("cheetah-cub", "chelsea")]),
+])
+def test_each_model_shows_examples_of_its_category(tmp_path, model, names):
+    """Faces for the face model, cats for the cat model: photos installed packages ship, cropped as listed."""
+    pytest.importorskip("skimage")
+    pairs = model_examples(model)
+    assert [(c.name, s.name) for c, s in pairs] == names
+    assert all(REPO not in p.path.parents for pair in pairs for p in pair)
+    examples = app.build_examples(tmp_path / "out", model=model)
     assert len(examples) == len(pairs)
-    for pair in examples:
-        for path in pair:
+    for (content, style), (content_png, style_png) in zip(pairs, examples):
+        assert Path(content_png).name.endswith(f"content-{content.name}.png")
+        for path in (content_png, style_png):
             assert Path(path).parent == tmp_path / "out"
             assert PIL.Image.open(path).size == (app.EXAMPLE_SIZE, app.EXAMPLE_SIZE)
+    assert model_examples(model)[0][0].load().size == tuple(
+        b - a for a, b in zip(pairs[0][0].crop[:2], pairs[0][0].crop[2:]))
+
+
+def test_examples_file_rules(tmp_path):
+    """A model folder's examples.json: photos of packages that are not installed are left out, paths may not leave
+    the package, and a folder without the file has no examples."""
+    assert model_examples(tmp_path) == []
+    (tmp_path / "examples.json").write_text(json.dumps({
+        "photos": {"hopper": {"package": "matplotlib", "file": "mpl-data/sample_data/grace_hopper.jpg"},
+                   "ghost": {"package": "no_such_package_here", "file": "a.png"},
+                   "gone": {"package": "matplotlib", "file": "mpl-data/no_such_photo.jpg"}},
+        "pairs": [["hopper", "ghost"], ["hopper", "hopper"], ["gone", "hopper"]]}))
+    (pair,) = model_examples(tmp_path)
+    assert pair[0].name == pair[1].name == "hopper" and pair[0].crop is None
+    (tmp_path / "examples.json").write_text(json.dumps({
+        "photos": {"up": {"package": "matplotlib", "file": "../matplotlib/__init__.py"}}, "pairs": []}))
+    with pytest.raises(ValueError, match="must be a path inside the package"):
+        model_examples(tmp_path)
 
 
 def test_examples_from_a_folder(tmp_path):
@@ -195,7 +223,7 @@ def test_examples_from_a_folder(tmp_path):
     (folder / "pairs.csv").write_text("content,style\ne.png,a.png\nc.png,missing.png\n")
     assert [(c.name, s.name) for c, s in app.folder_pairs(folder)] == [("e.png", "a.png"), ("c.png", "missing.png")]
     examples = app.build_examples(tmp_path / "out", folder)  # the unreadable pair is skipped, with a warning
-    assert len(examples) == 1 + len(app.bundled_pairs())
+    assert len(examples) == 1 + len(model_examples())
     assert Path(examples[0][0]).name == "00-content-e.png" and Path(examples[0][1]).name == "00-style-a.png"
 
     (folder / "pairs.csv").write_text("first,second\ne.png,a.png\n")
@@ -236,7 +264,7 @@ def test_main_removes_its_examples_folder(demo, tmp_path, monkeypatch):
     monkeypatch.setattr(app.signal, "signal", lambda signum, handler: None)  # main's SIGTERM handler: not in pytest
     app.main([])
     (folder, files), = served
-    assert len(files) == 2 * len(app.bundled_pairs()) > 0
+    assert len(files) == 2 * len(model_examples()) > 0
     assert not folder.exists() and list(tmp_path.glob("coat-examples-*")) == []
 
 
@@ -464,6 +492,8 @@ def imported_distributions(entry: Path) -> set[str]:
 def test_spaces_requirements_cover_what_the_app_imports():
     """requirements.txt installs everything app.py and the coat_hf modules it reaches import (gradio comes with
     the Spaces SDK), with pyproject.toml's version bounds, and nothing the app does not use."""
+    import importlib.metadata
+
     tomllib = pytest.importorskip("tomllib")
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
@@ -471,7 +501,10 @@ def test_spaces_requirements_cover_what_the_app_imports():
     lines = (REPO / "requirements.txt").read_text().splitlines()
     required = {canonicalize_name(r.name): r.specifier
                 for r in (Requirement(line) for line in lines if line.strip() and not line.startswith("#"))}
-    used = imported_distributions(REPO / "app.py") - {"gradio"}
+    photo_packages = {canonicalize_name(dist) for table in (REPO / "coat_hf/pretrained").glob("*/examples.json")
+                      for photo in json.loads(table.read_text())["photos"].values()
+                      for dist in importlib.metadata.packages_distributions()[photo["package"]]}  # the examples' photos
+    used = (imported_distributions(REPO / "app.py") | photo_packages) - {"gradio"}
     assert used - set(required) == set(), "requirements.txt lacks these"
     assert set(required) - used == set(), "requirements.txt installs these, which the app does not import"
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

@@ -126,6 +126,9 @@ def test_alignment_rules_match_a_plain_reference(block_size):
     moved = torch.stack([f2.flatten(2)[b][:, nearest[b]] for b in range(2)])  # (B, C, N1)
     aligned, _ = align_features(f1, f2, block_size, rule="nearest")
     torch.testing.assert_close(aligned.flatten(2), moved)
+    aligned, matches = align_features(f1, f2, block_size, rule="nearest", return_matches=False)  # no column maxima
+    assert matches is None
+    torch.testing.assert_close(aligned.flatten(2), moved)
     temperature = 0.1
     confidence = (s.amax(dim=2) / s.amax(dim=1).gather(1, nearest)).clamp(0, 1)  # Q of the best match (Eq. 2)
     soft = torch.softmax(s / temperature, dim=2) @ f2.flatten(2).transpose(1, 2)  # (B, N1, C)

@@ -184,6 +184,25 @@ def test_objective_terms_and_their_gradients(image_pair):
         ObjectiveConfig(transfer_weight=-1)
 
 
+def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():
+    model = COATModel(COATConfig.preset("tiny"))
+    k = model.config.num_modulation_layers
+    objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, style_mixing_prob=1.0))
+    b, d = 64, model.config.style_dim
+    latents = torch.zeros(b, k, d)  # the transfer's own vectors
+    style = torch.arange(1, b + 1, dtype=torch.float32)[:, None, None].expand(b, k, d)  # sample i's style: i + 1
+    n = torch.arange(b) % (k + 1)
+    mixed = objective._style_mixing(latents, style, n, sample_keys(0, torch.arange(b)))
+    crossover = (mixed[:, :, 0] == 0).sum(dim=1)  # layers before the crossover keep the transfer's vectors
+    assert (crossover >= n).all() and (crossover <= k).all() and len(set(crossover.tolist())) > 3
+    for i in range(b):
+        assert (mixed[i, crossover[i]:] == style[i - 1, 0, 0]).all()  # the previous sample's style (a roll)
+    objective.config.style_mixing_prob = 0.0
+    assert torch.equal(objective._style_mixing(latents, style, n, sample_keys(0, torch.arange(b))), latents)
+    with pytest.raises(ValueError, match="style_mixing_prob"):
+        ObjectiveConfig(style_mixing_prob=1.5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The command: arguments and bad input.
 
@@ -246,6 +265,7 @@ def test_time_budget_checkpoints_and_exports_shards(image_folder, tmp_path, tiny
     assert int(step.name.split("_")[1]) < 1000
     shards = sorted(export.glob("model-*.safetensors"))
     assert len(shards) > 1 and all(s.stat().st_size < 400_000 for s in shards)
+    assert (export / "preprocessor_config.json").is_file()  # the pipeline's processor travels with the weights
     model = COATModel.from_pretrained(export)
     assert model.dtype == torch.float16
     assert not any("lpips" in key for key in load_file(step / "model.safetensors"))

@@ -9,7 +9,8 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
 2. Transfer (I2 → I1). F2 = E(I2) is aligned to F1, the first n layers take the content's codes
    E_mod(F1) (reused from 1) and the rest the aligned style's E_mod(F^); the output I_{2→1} = D(·) is
    encoded again and L_CCL (Eq. 5-6) asks E(I_{2→1}) at position i to match F1 at i rather than F1 at
-   the other positions: the structure of the content survives the transfer. The positions are up to
+   the other positions: the structure of the content survives the transfer (with ``style_mixing_prob``, layers
+   from a random crossover on take a second sample's style: StyleGAN2's style mixing). The positions are up to
    ``ccl_num_positions`` mutual matches per image and scale (foreground ones only when a mask is
    given); L_CCL is averaged per image, then over images and scales, in one batched call.
 3. The supervised transfer term (``transfer_weight`` γ > 0; a departure from the paper, see
@@ -39,7 +40,7 @@ from .pseudo_pairs import PseudoPairOptions, pseudo_exemplar_pair
 from .random import normal, randint, uniform
 
 # Stream ids of the objective's draws (see coat_hf.training.random).
-_N_STREAM, _PSEUDO_N_STREAM, _POSITION_STREAM, _NOISE_STREAM = 1, 2, 10, 1000
+_N_STREAM, _PSEUDO_N_STREAM, _MIX_STREAM, _CROSSOVER_STREAM, _POSITION_STREAM, _NOISE_STREAM = 1, 2, 3, 4, 10, 1000
 
 
 @dataclass
@@ -62,6 +63,9 @@ class ObjectiveConfig:
         "help": "n of the L_CCL transfer branch (default: drawn per sample in 1..K-1)."})
     transfer_weight: float = field(default=0.0, metadata={
         "help": "γ, weight of the supervised pseudo-exemplar transfer term (0: the paper's objective)."})
+    style_mixing_prob: float = field(default=0.0, metadata={
+        "help": "Probability that a sample's L_CCL transfer mixes in a second style from a crossover layer on "
+                "(StyleGAN2's style mixing; a departure from COAT; 0: off)."})
     train_alignment: str | None = field(default=None, metadata={
         "help": "Alignment rule in training (mutual, nearest or soft; default: the model's, which stays the "
                 "rule at inference)."})
@@ -77,6 +81,8 @@ class ObjectiveConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.train_alignment is not None and self.train_alignment not in ALIGNMENT_RULES:
             raise ValueError(f"train_alignment must be one of {ALIGNMENT_RULES}, got {self.train_alignment!r}")
+        if not 0 <= self.style_mixing_prob <= 1:
+            raise ValueError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob}")
         if self.ccl_num_positions < 1:
             raise ValueError(f"ccl_num_positions must be positive, got {self.ccl_num_positions}")
 
@@ -136,6 +142,17 @@ class COATTrainingObjective(nn.Module):
         if self.config.transfer_n is not None:
             return torch.full_like(keys, self.config.transfer_n)
         return randint(keys, _N_STREAM, 1, max(k, 2))
+
+    def _style_mixing(self, latents: Tensor, style_latents: Tensor, n: Tensor, keys: Tensor) -> Tensor:
+        """Style mixing in the transfer branch (StyleGAN2 Sec. 4's regulariser carried to COAT's hybrids): with
+        probability ``style_mixing_prob`` a sample's layers from a crossover m, uniform in n..K, take the aligned
+        style vectors of the next sample in its process's batch (its style aligned to its own content). The
+        decoder (and the adversarial term, when on) then sees hybrids of three photos, not only of two.
+        (B, K, D) each, ``n`` (B,) -> (B, K, D)."""
+        k = self.model.config.num_modulation_layers
+        crossover = n + (uniform(keys, _CROSSOVER_STREAM, 1)[:, 0] * (k - n + 1)).long().clamp_max(k - n)
+        mixed = uniform(keys, _MIX_STREAM, 1)[:, 0] < self.config.style_mixing_prob
+        return mix_latents(latents, style_latents.roll(1, dims=0), torch.where(mixed, crossover, k))
 
     def _sample_positions(self, mutual: Tensor, foreground: Tensor | None, keys: Tensor, scale: int
                           ) -> tuple[Tensor, Tensor]:
@@ -208,7 +225,10 @@ class COATTrainingObjective(nn.Module):
 
         # 2. Transfer I2 -> I1 with a per-sample n, then L_CCL on E(I_{2->1}) against F1.
         aligned, correspondences = model.align(content_features, style_features, cfg.train_alignment)
-        latents = mix_latents(content_latents, model.style_vectors(aligned), self._transfer_n(keys))
+        style_latents, n = model.style_vectors(aligned), self._transfer_n(keys)
+        latents = mix_latents(content_latents, style_latents, n)
+        if cfg.style_mixing_prob > 0:
+            latents = self._style_mixing(latents, style_latents, n, keys)
         transfer = model.decoder(latents, noise)  # (B, 3, S, S)
         if cfg.ccl_beta > 0:
             parts["ccl"] = self.contrastive_loss(model.encoder(transfer), content_features, correspondences, mask, keys)
@@ -217,7 +237,8 @@ class COATTrainingObjective(nn.Module):
         # 3. The supervised transfer term on pseudo-exemplar pairs (the real style photo lends its colours).
         if cfg.transfer_weight > 0:
             pseudo_style, target = pseudo_exemplar_pair(content, style, keys, self.pseudo_pairs)
-            aligned, _ = model.align(content_features, model.encoder(pseudo_style), cfg.train_alignment)
+            aligned, _ = model.align(content_features, model.encoder(pseudo_style), cfg.train_alignment,
+                                     return_matches=False)
             k = model.config.num_modulation_layers
             latents = mix_latents(content_latents, model.style_vectors(aligned), randint(keys, _PSEUDO_N_STREAM, 0, k))
             parts["transfer"], _ = self._rec(model.decoder(latents, noise), target, mask)

@@ -23,7 +23,7 @@ from torch import Tensor
 from .random import normal, uniform
 
 # Stream ids of the draws (any distinct values; see coat_hf.training.random).
-_FLIP, _CROP, _APPEARANCE, _AFFINE, _ELASTIC = 101, 102, 103, 104, 105
+_FLIP, _CROP, _APPEARANCE, _AFFINE, _ELASTIC = 101, 102, 103, 105, 106  # _APPEARANCE + 1 is the colour cast
 
 
 @dataclass

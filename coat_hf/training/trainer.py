@@ -32,6 +32,7 @@ import yaml
 from torch import Tensor
 
 from ..configuration_coat import COATConfig
+from ..image_processing_coat import COATImageProcessor
 from ..modeling_coat import COATModel
 from .arguments import RunConfig, TrainingArguments
 from .data import PhotoSource, TrainingData
@@ -250,13 +251,15 @@ model = COATModel.from_pretrained("{folder}")
 
 def export_model(model: COATModel, ema: EMA, directory: Path, config: RunConfig, state: TrainState,
                  num_images: int, num_processes: int, losses: dict[str, float], device: str) -> None:
-    """``save_pretrained`` of the EMA weights (sharded when asked) plus a model card (README.md)."""
+    """``save_pretrained`` of the EMA weights (sharded when asked), the pipeline's image processor and a model
+    card (README.md)."""
     args = config.training
     exported = copy.deepcopy(model).float()
     ema.copy_to([p for p in exported.parameters() if p.requires_grad])
     exported.to(getattr(torch, args.export_dtype))
     kwargs = {"max_shard_size": args.export_max_shard_size} if args.export_max_shard_size else {}
     exported.save_pretrained(directory, **kwargs)
+    COATImageProcessor.from_model_config(exported.config).save_pretrained(directory)
     mc, oc = exported.config, config.objective
     (directory / "README.md").write_text(MODEL_CARD.format(
         name=Path(args.init_from).name if args.init_from else args.model_preset, image_size=mc.image_size,
