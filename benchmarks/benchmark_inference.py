@@ -1,6 +1,7 @@
 """Inference latency and peak memory of COAT, latent-swap and warp per pair, and of the latent alignment.
 
     python benchmarks/benchmark_inference.py [--sizes 64,128,256,512,1024] [--max-seconds 100] [--threads N]
+    python benchmarks/benchmark_inference.py --interleaved 128 --threads 1     (COAT / latent-swap, one process)
 
 Models: untrained (seeded) ones with the bundled models' architecture (the ``small`` preset's encoder, widths 48,
 96, 160, 256, style dimension 192, the pyramid E_mod and nearest matches), at each image size S, with decoder widths ``min(256, 32 · 2^(levels above S))`` (32 at the
@@ -130,6 +131,25 @@ def measure(name: str, size: int, repeats: int, max_seconds: float, device: str)
     return {"seconds": times, "median_s": statistics.median(times), "peak_mb": peak - baseline, "baseline_mb": baseline}
 
 
+@torch.inference_mode()
+def interleaved(size: int, rounds: int, device: str) -> dict:
+    """COAT against latent-swap at one size with their calls interleaved in one process (a shared CPU's load then
+    hits both alike): median latency in ms of ``coat``, ``latent-swap`` and ``coat+matches`` (the model also
+    returning its per-scale matches, as the app's correspondence panel asks), and the ratios to latent-swap."""
+    torch.manual_seed(0)
+    model = COATModel(benchmark_config(size)).to(device).eval()
+    content, style = (torch.rand(1, 3, size, size, device=device) * 2 - 1 for _ in range(2))
+    calls = {"coat": {}, "latent-swap": {"use_alignment": False}, "coat+matches": {"output_correspondence": True}}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds + 2):  # the first two rounds warm up
+        for name, kwargs in calls.items():
+            times[name].append(_timed(lambda: model(content, style, generator=torch.Generator().manual_seed(0),
+                                                    **kwargs), device))
+    median = {name: 1e3 * statistics.median(t[2:]) for name, t in times.items()}
+    return {"size": size, "rounds": rounds, "median_ms": median,
+            "ratio_to_latent_swap": {name: ms / median["latent-swap"] for name, ms in median.items()}}
+
+
 def measure_in_subprocess(name: str, size: int, repeats: int, max_seconds: float, device: str) -> dict:
     """``measure`` in a fresh interpreter (with this one's torch threads), so that ru_maxrss is its alone."""
     spec = json.dumps({"name": name, "size": size, "repeats": repeats, "max_seconds": max_seconds, "device": device})
@@ -233,10 +253,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--interleaved", type=int, metavar="SIZE",
+                        help="only COAT against latent-swap at SIZE px, calls interleaved (see interleaved())")
+    parser.add_argument("--rounds", type=int, default=25, help="rounds of --interleaved")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.interleaved:
+        result = {"machine": machine_info(args.device), **interleaved(args.interleaved, args.rounds, args.device)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"inference_interleaved_{args.device.split(':')[0]}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({k: result[k] for k in ("median_ms", "ratio_to_latent_swap")}, indent=1))
+        return
     if args.worker:
         spec = json.loads(args.worker)
         print(json.dumps(measure(spec["name"], spec["size"], spec["repeats"], spec["max_seconds"], spec["device"])))

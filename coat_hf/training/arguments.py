@@ -58,7 +58,7 @@ class TrainingArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (autocast)."})
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (GPU)."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model's encoder and decoder."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile E, E_mod, D and the frozen LPIPS network, each on its own."})
     ema_decay: float = field(default=0.999, metadata={"help": "Decay of the exported EMA weights."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial weights and of the sample schedule."})
     torch_threads: int = field(default=0, metadata={"help": "CPU threads per process (0: cores / processes)."})

@@ -349,9 +349,11 @@ class Trainer:
         self.objective, self.optimizer, self.scheduler = acc.prepare(self.objective, self.optimizer, self.scheduler)
         acc.register_for_checkpointing(self.ema, self.state)
         self.checkpoint_root = self.output_dir / "checkpoints"
-        if args.compile:
-            self.model.encoder.compile()
-            self.model.decoder.compile()
+        if args.compile:  # each network on its own: the alignment's blocked search and L_CCL's sort stay eager
+            for network in (self.model.encoder, self.model.modulation_encoder, self.model.decoder,
+                            acc.unwrap_model(self.objective).lpips):
+                if network is not None:
+                    network.compile()
 
     def _model_config(self) -> COATConfig:
         """The architecture the run trains (checked before any weight is allocated)."""
