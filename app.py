@@ -8,7 +8,8 @@ every n at once.
 
 ``--model`` (or ``COAT_MODEL``) picks the model, by default the one bundled with the package; the page offers
 the model's own example pairs (photos of its category shipped inside installed packages, see
-``coat_hf/pretrained/examples.py``) and ``--examples DIR`` adds yours. Hugging Face Spaces runs this file as is and sets GRADIO_SERVER_NAME/PORT.
+``coat_hf/pretrained/examples.py``) and ``--examples DIR`` adds yours. Hugging Face Spaces runs this file as is
+and sets GRADIO_SERVER_NAME/PORT.
 """
 
 from __future__ import annotations
