@@ -284,6 +284,17 @@ def _train(args: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
+def test_init_from_a_float16_export_trains_in_float32(image_folder, tmp_path, tiny_train_args):
+    """A bundled or exported model (float16) continues training: its weights are upcast, not trained in half."""
+    first = Trainer(parse_arguments(tiny_train_args(image_folder, tmp_path / "a", "--max_steps", "1",
+                                                    "--export_dtype", "float16"))).train()
+    assert COATModel.from_pretrained(first).dtype == torch.float16
+    trainer = Trainer(parse_arguments(tiny_train_args(image_folder, tmp_path / "b", "--max_steps", "1",
+                                                      "--init_from", str(first))))
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert torch.isfinite(trainer.train_step(0)["loss"])
+
+
 def test_kill_and_resume_reproduce_the_uninterrupted_run(image_folder, tmp_path, tiny_train_args):
     """kill -9 mid-run, ``--resume latest``: the losses and weights of an uninterrupted run, across epochs."""
     common = ["--lr_scheduler", "constant_with_warmup", "--checkpoint_every", "2", "--sample_every", "1000"]

@@ -4,6 +4,8 @@
 # side by side until LIMIT seconds are nearly spent. Everything that comes back is packed into 15 MiB pieces under
 # $OUT: unpack with `cat res.tar.* | tar xf -`.
 #   OUT=... LIMIT=540 BATCH=64 bash benchmarks/device/session.sh
+# FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
+# from those weights (--init_from); a missing .gl/cats skips the cat model (room for the face model's weights).
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES
@@ -31,10 +33,10 @@ train() {  # name config data output_dir [extra arguments]
     --max_minutes $(minutes_left) --batch_size $BATCH --channels_last true "$@" > $dir.log 2>&1
 }
 log "training for $(minutes_left) minutes at batch $BATCH"
-train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face &
-( train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat --compile true \
-  || { log "compiled cat run failed: $(grep -m1 Error $RES/cat.log)"; \
-       train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat-eager; } ) &
+train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face ${FACE_INIT:+--init_from $FACE_INIT} &
+[ -d .gl/cats ] && ( train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat --compile true \
+  ${CAT_INIT:+--init_from $CAT_INIT} || { log "compiled cat run failed: $(grep -m1 Error $RES/cat.log)"; \
+  train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat-eager ${CAT_INIT:+--init_from $CAT_INIT}; } ) &
 wait
 log "trainings done: $(grep -h 'spent at step\|exported' $RES/*.log | tr '\n' ' ')"
 cd $RES && tar cf - --exclude=checkpoints . | split -b 15m -d - "$OUT/res.tar."

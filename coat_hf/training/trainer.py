@@ -170,9 +170,10 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def build_model(args: TrainingArguments) -> COATModel:
-    """The model to train: ``init_from`` (with architecture overrides that keep its weights) or a fresh preset."""
+    """The model to train, in float32 (mixed precision autocasts): ``init_from`` (with architecture overrides that
+    keep its weights; a float16 export is upcast) or a fresh preset."""
     if args.init_from:
-        return COATModel.from_pretrained(args.init_from, **args.model_overrides)
+        return COATModel.from_pretrained(args.init_from, dtype=torch.float32, **args.model_overrides)
     return COATModel(COATConfig.preset(args.model_preset, **args.model_overrides))
 
 
