@@ -65,6 +65,14 @@ def benchmark_config(image_size: int) -> COATConfig:
                              modulation_pyramid=True)
 
 
+def seeded_model_and_pair(size: int, device: str) -> tuple[COATModel, torch.Tensor, torch.Tensor]:
+    """The untrained benchmark model at ``size`` and a random content/style pair (1, 3, S, S), seed 0."""
+    torch.manual_seed(0)
+    model = COATModel(benchmark_config(size)).to(device).eval()
+    content, style = (torch.rand(1, 3, size, size, device=device) * 2 - 1 for _ in range(2))
+    return model, content, style
+
+
 def build_method(name: str, model: COATModel) -> TransferMethod:
     if name == "coat":
         return COATTransfer(model)
@@ -106,12 +114,12 @@ def _timed(call, device: str) -> float:
 @torch.inference_mode()
 def measure(name: str, size: int, repeats: int, max_seconds: float, device: str) -> dict:
     """One measurement (run it in a fresh process): the repeats' latencies and the call's peak memory."""
-    torch.manual_seed(0)
     if name in METHODS:
-        method = build_method(name, COATModel(benchmark_config(size)).to(device).eval())
-        content, style = (torch.rand(1, 3, size, size, device=device) * 2 - 1 for _ in range(2))
+        model, content, style = seeded_model_and_pair(size, device)
+        method = build_method(name, model)
         call = lambda: method(content, style, generator=torch.Generator().manual_seed(0))  # noqa: E731
     else:
+        torch.manual_seed(0)
         content, style = (torch.randn(1, ALIGN_CHANNELS, size // 2, size // 2, device=device) for _ in range(2))
         align = align_features if name == "align-blocked" else naive_align
         call = lambda: align(content, style)  # noqa: E731
@@ -136,9 +144,7 @@ def interleaved(size: int, rounds: int, device: str) -> dict:
     """COAT against latent-swap at one size with their calls interleaved in one process (a shared CPU's load then
     hits both alike): median latency in ms of ``coat``, ``latent-swap`` and ``coat+matches`` (the model also
     returning its per-scale matches, as the app's correspondence panel asks), and the ratios to latent-swap."""
-    torch.manual_seed(0)
-    model = COATModel(benchmark_config(size)).to(device).eval()
-    content, style = (torch.rand(1, 3, size, size, device=device) * 2 - 1 for _ in range(2))
+    model, content, style = seeded_model_and_pair(size, device)
     calls = {"coat": {}, "latent-swap": {"use_alignment": False}, "coat+matches": {"output_correspondence": True}}
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds + 2):  # the first two rounds warm up

@@ -99,13 +99,18 @@ def _column_max(s: Tensor) -> tuple[Tensor, Tensor]:
     return values, first.clamp_max(blk - 1)  # a NaN column matches nowhere: kept in range
 
 
+def _unit_maps(content_feat: Tensor, style_feat: Tensor) -> tuple[Tensor, Tensor]:
+    """Unit-length features for Eq. 1's blocks: content (B, N1, C) and style (B, C, N2)."""
+    f1 = F.normalize(content_feat.flatten(2), dim=1, eps=1e-8).transpose(1, 2)  # (B, N1, C)
+    return f1, F.normalize(style_feat.flatten(2), dim=1, eps=1e-8)  # (B, C, N2)
+
+
 def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, temperature: float | None
                     ) -> tuple[Correspondence, Tensor | None]:
     """One pass over blocks of content rows of S (Eq. 1): row and column maxima and, when ``temperature``
     is given, the softmax-weighted style features of every content row, (B, C, N1)."""
     b = content_feat.shape[0]
-    f1 = F.normalize(content_feat.flatten(2), dim=1, eps=1e-8).transpose(1, 2)  # (B, N1, C)
-    f2 = F.normalize(style_feat.flatten(2), dim=1, eps=1e-8)  # (B, C, N2)
+    f1, f2 = _unit_maps(content_feat, style_feat)
     n1, n2 = f1.shape[1], f2.shape[2]
     row_max = f1.new_empty(b, n1)
     row_arg = torch.empty(b, n1, dtype=torch.long, device=f1.device)
@@ -137,8 +142,7 @@ def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, t
 def _nearest_style(content_feat: Tensor, style_feat: Tensor, block_size: int) -> Tensor:
     """``argmax_j S_ij`` of Eq. 1 for every content position i, (B, N1): the row maxima alone, without the
     column maxima that Eq. 2 and the confident set need (the ``"nearest"`` rule when no matches are asked for)."""
-    f1 = F.normalize(content_feat.flatten(2), dim=1, eps=1e-8).transpose(1, 2)  # (B, N1, C)
-    f2 = F.normalize(style_feat.flatten(2), dim=1, eps=1e-8)  # (B, C, N2)
+    f1, f2 = _unit_maps(content_feat, style_feat)
     return torch.cat([(f1[:, start : start + block_size] @ f2).max(dim=2).indices
                       for start in range(0, f1.shape[1], block_size)], dim=1)
 
