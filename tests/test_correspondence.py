@@ -73,6 +73,23 @@ def test_blocked_equals_naive_full_matrix(shapes, block_size):
     assert m.confidence_map().shape == (2, h1, w1)
 
 
+@pytest.mark.parametrize("block_size", [3, 1024])
+def test_ties_take_the_first_style_position(block_size):
+    """Duplicated style features tie exactly: the search, as argmax does, picks the first of them (row-major over the
+    style grid, whichever style row or column it is in)."""
+    torch.manual_seed(5)
+    palette = torch.randn(2, 8, 3)  # three distinct features per image
+    f2 = palette[:, :, torch.tensor([2, 1, 0, 1, 2, 0, 0, 2, 1, 1, 0, 2])].view(2, 8, 3, 4)  # each appears 4 times
+    f1 = torch.randn(2, 8, 5, 2)
+    expected = torch.stack([cosine_similarity(f1[b : b + 1], f2[b : b + 1])[0].argmax(dim=1) for b in range(2)])
+    assert set(expected.unique().tolist()) <= {0, 1, 2}  # the first occurrences
+    for rule in ("mutual", "nearest"):
+        aligned, matches = align_features(f1, f2, block_size, rule=rule)
+        assert torch.equal(matches.nearest, expected)
+    aligned, _ = align_features(f1, f2, block_size, rule="nearest", return_matches=False)
+    assert torch.equal(aligned.flatten(2), f2.flatten(2).gather(2, expected[:, None].expand(-1, 8, -1)))
+
+
 def test_self_alignment_is_identity():
     f = torch.randn(1, 8, 6, 6)
     aligned, m = align_features(f, f)
