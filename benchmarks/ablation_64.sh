@@ -6,6 +6,8 @@
 #   bash benchmarks/ablation_64.sh MINUTES hybrids      (item 4: the chosen recipe, + style mixing, + the
 #                                                        adversarial term on transfers and reconstructions; three
 #                                                        arms side by side, scored with nearest matches)
+#   bash benchmarks/ablation_64.sh MINUTES vgg          (item 5: the recipe with style mixing, matched on E's own
+#                                                        maps and on frozen VGG16 maps, side by side, nearest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-28}
@@ -29,6 +31,15 @@ if [ "$SET" = hybrids ]; then
   train recipe-adversarial --adversarial true --disc_max_channels 64 &  # a discriminator sized to the tiny generator
   wait
   for arm in recipe recipe-mixing recipe-adversarial; do evaluate $arm nearest & done
+  wait
+  exit
+fi
+if [ "$SET" = vgg ]; then
+  train recipe-mixing --style_mixing_prob 0.9 &
+  train recipe-mixing-vgg --style_mixing_prob 0.9 \
+    --model_overrides "{alignment: nearest, modulation_pyramid: true, match_features: vgg16}" &
+  wait
+  for arm in recipe-mixing recipe-mixing-vgg; do evaluate $arm nearest & done
   wait
   exit
 fi

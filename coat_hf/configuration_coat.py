@@ -59,7 +59,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
                     (_list_of(_is_int), "a non-empty list of integers")),
     "blur_kernel": (_list_of(_is_number), "a non-empty list of numbers"),
     "alignment_temperature": (_is_number, "a finite number"),
-    **dict.fromkeys(("noise_mode", "alignment"), (lambda value: isinstance(value, str), "a string")),
+    **dict.fromkeys(("noise_mode", "alignment", "match_features"), (lambda value: isinstance(value, str), "a string")),
     **dict.fromkeys(("use_alignment", "modulation_pyramid"), (lambda value: isinstance(value, bool), "true or false")),
 }
 """Each argument's type check and its description: a config.json may hold anything."""
@@ -93,6 +93,12 @@ def _check_sizes(values: dict[str, Any]) -> None:
 
 ALIGNMENT_RULES = ("mutual", "nearest", "soft")
 """The rules that build the aligned style map (see ``coat_hf.correspondence.align_features``)."""
+
+MATCH_FEATURES = ("encoder", "vgg16")
+"""The maps Eq. 1 compares: E's own (the paper) or frozen VGG16's (see ``coat_hf.matching_features``)."""
+
+VGG16_MAX_SCALES = 4
+"""VGG16 has maps at E's strides 2, 4, 8 and 16 (relu2_2 to relu5_3): at most four encoder scales."""
 
 
 def default_style_scales(num_latents: int, num_scales: int) -> list[int]:
@@ -132,6 +138,9 @@ class COATConfig(PretrainedConfig):
             ``"nearest"`` or ``"soft"`` (departures, see ``coat_hf.correspondence.align_features``).
         alignment_temperature: the softmax temperature of the ``"soft"`` rule.
         alignment_block_size: content positions per block in the blocked correspondence search.
+        match_features: the maps Eq. 1-2 compare: ``"encoder"`` (E's own, the paper) or ``"vgg16"`` (frozen
+            ImageNet VGG16 maps at E's strides, a departure that matches semantically from the first training
+            step; see ``coat_hf.matching_features``). Eq. 3 moves E's features either way.
         modulation_pyramid: E_mod reads a top-down feature pyramid (pSp's GradualStyleEncoder) instead
             of one scale per layer (a departure from the paper, see ``ModulationEncoder``).
         noise_mode: "random" (fresh noise each call, seedable) or "const" (the stored noise maps).
@@ -156,6 +165,7 @@ class COATConfig(PretrainedConfig):
         alignment: str = "mutual",
         alignment_temperature: float = 0.05,
         alignment_block_size: int = 1024,
+        match_features: str = "encoder",
         modulation_pyramid: bool = False,
         noise_mode: str = "random",
         **kwargs: Any,
@@ -188,6 +198,12 @@ class COATConfig(PretrainedConfig):
             raise ValueError(f"alignment_temperature must be > 0, got {alignment_temperature}")
         self.alignment, self.alignment_temperature = alignment, alignment_temperature
         self.alignment_block_size = alignment_block_size
+        if match_features not in MATCH_FEATURES:
+            raise ValueError(f"match_features must be one of {MATCH_FEATURES}, got {match_features!r}")
+        if match_features == "vgg16" and self.num_scales > VGG16_MAX_SCALES:
+            raise ValueError(f"match_features 'vgg16' covers at most {VGG16_MAX_SCALES} encoder scales (strides 2 to "
+                             f"16), got {self.num_scales}")
+        self.match_features = match_features
         self.modulation_pyramid = modulation_pyramid
         if noise_mode not in ("random", "const"):
             raise ValueError(f"noise_mode must be 'random' or 'const', got {noise_mode!r}")
@@ -205,9 +221,14 @@ class COATConfig(PretrainedConfig):
         return 2 * int(math.log2(self.image_size)) - 2
 
     @property
+    def feature_strides(self) -> list[int]:
+        """Stride of each scale's feature map: 2^(l+1)."""
+        return [2 ** (l + 1) for l in range(self.num_scales)]
+
+    @property
     def feature_sizes(self) -> list[int]:
         """Side of each scale's feature map."""
-        return [self.image_size // 2 ** (l + 1) for l in range(self.num_scales)]
+        return [self.image_size // stride for stride in self.feature_strides]
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "COATConfig":

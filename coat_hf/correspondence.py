@@ -77,14 +77,15 @@ def _matches_from_maxima(row_max: Tensor, row_arg: Tensor, col_max: Tensor, col_
     return mutual, confidence
 
 
+def _check_pair(content: Tensor, style: Tensor, names: str) -> None:
+    if content.ndim != 4 or style.ndim != 4:
+        raise ValueError(f"{names} must be (B, C, H, W) tensors")
+    if content.shape[:2] != style.shape[:2]:
+        raise ValueError(f"{names} need the same batch and channels, got {tuple(content.shape)} and {tuple(style.shape)}")
+
+
 def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int) -> None:
-    if content_feat.ndim != 4 or style_feat.ndim != 4:
-        raise ValueError("content_feat and style_feat must be (B, C, H, W) tensors")
-    if content_feat.shape[:2] != style_feat.shape[:2]:
-        raise ValueError(
-            f"content_feat and style_feat need the same batch and channels, got {tuple(content_feat.shape)} "
-            f"and {tuple(style_feat.shape)}"
-        )
+    _check_pair(content_feat, style_feat, "content_feat and style_feat")
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
 
@@ -145,10 +146,10 @@ def _unit_maps(content_feat: Tensor, style_feat: Tensor) -> tuple[Tensor, Tensor
     return _unit_channels(content_feat).transpose(1, 2), _unit_channels(style_feat)
 
 
-def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, temperature: float | None
-                    ) -> tuple[Correspondence, Tensor | None]:
+def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, temperature: float | None,
+                    style_values: Tensor | None = None) -> tuple[Correspondence, Tensor | None]:
     """One pass over blocks of content rows of S (Eq. 1): row and column maxima and, when ``temperature``
-    is given, the softmax-weighted style features of every content row, (B, C, N1)."""
+    is given, the softmax-weighted ``style_values`` (default ``style_feat``) of every content row, (B, C, N1)."""
     b = content_feat.shape[0]
     f1, f2 = _unit_maps(content_feat, style_feat)
     n1, n2 = f1.shape[1], f2.shape[2]
@@ -158,7 +159,8 @@ def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, t
     col_arg = torch.zeros(b, n2, dtype=torch.long, device=f1.device)
     soft = None
     if temperature is not None:
-        values = style_feat.flatten(2).transpose(1, 2)  # (B, N2, C), gradients flow into the style
+        style_values = style_feat if style_values is None else style_values
+        values = style_values.flatten(2).transpose(1, 2)  # (B, N2, C), gradients flow into the style
         soft = []
     keep_graph = soft is not None and torch.is_grad_enabled()
     blocks = None if keep_graph else _SimilarityBlocks(f1, f2, block_size)
@@ -206,7 +208,8 @@ def find_correspondence(content_feat: Tensor, style_feat: Tensor, block_size: in
 
 def align_features(
     content_feat: Tensor, style_feat: Tensor, block_size: int = 1024, rule: str = "mutual",
-    temperature: float = 0.05, return_matches: bool = True,
+    temperature: float = 0.05, return_matches: bool = True, content_key: Tensor | None = None,
+    style_key: Tensor | None = None,
 ) -> tuple[Tensor, Correspondence | None]:
     """The aligned style map ``F^`` under one of three rules, and the matches of Eq. 1-2.
 
@@ -216,6 +219,9 @@ def align_features(
     * ``"soft"`` (departure): ``F^_i = c_i · Σ_j softmax_j(S_ij / temperature) F2_j + (1 − c_i) · F1_i``
       with ``c_i`` the Eq. 2 confidence of i's best match (1 at mutual matches): differentiable through
       S, and content features remain where no style position answers i.
+
+    ``content_key`` and ``style_key`` (B, C', H1, W1) and (B, C', H2, W2), when given, are the maps Eq. 1-2
+    compare in place of the features (``COATConfig.match_features = "vgg16"``); the features are what moves.
 
     content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2) -> aligned (B, C, H1, W1) and the matches
     (``None`` when ``return_matches`` is False and the rule does not need them: ``"nearest"`` then skips the
@@ -227,11 +233,18 @@ def align_features(
         raise ValueError(f"alignment must be one of {ALIGNMENT_RULES}, got {rule!r}")
     if rule == "soft" and not temperature > 0:
         raise ValueError(f"alignment_temperature must be > 0, got {temperature}")
+    content_key = content_feat if content_key is None else content_key
+    style_key = style_feat if style_key is None else style_key
+    _check_pair(content_key, style_key, "content_key and style_key")
+    if content_key.shape[2:] != content_feat.shape[2:] or style_key.shape[2:] != style_feat.shape[2:]:
+        raise ValueError(f"the keys' maps {tuple(content_key.shape[2:])}, {tuple(style_key.shape[2:])} must have the "
+                         f"features' sizes {tuple(content_feat.shape[2:])}, {tuple(style_feat.shape[2:])}")
     b, c = content_feat.shape[:2]
     if rule == "nearest" and not return_matches:
-        nearest = _nearest_style(content_feat, style_feat, block_size)  # (B, N1)
+        nearest = _nearest_style(content_key, style_key, block_size)  # (B, N1)
         return style_feat.flatten(2).gather(2, nearest[:, None, :].expand(b, c, -1)).view_as(content_feat), None
-    matches, soft = _blocked_search(content_feat, style_feat, block_size, temperature if rule == "soft" else None)
+    matches, soft = _blocked_search(content_key, style_key, block_size, temperature if rule == "soft" else None,
+                                    style_feat)
     content_flat = content_feat.flatten(2)  # (B, C, N1)
     if rule == "soft":
         weight = matches.confidence.clamp(0, 1)[:, None, :].to(soft.dtype)  # (B, 1, N1)

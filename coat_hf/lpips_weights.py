@@ -41,7 +41,7 @@ import torch
 import torchvision
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from .safe_pickle import load_numpy_pickle
 
@@ -252,10 +252,25 @@ def load_lpips(net: str = "alex", device: torch.device | str | None = None) -> l
     return _frozen(model, device)
 
 
+VGG16_RELUS: dict[str, int] = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
+"""Index of each named ReLU in torchvision's `vgg16().features`; `relu{k}_*` runs at stride 2^(k-1)."""
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(images: Tensor) -> Tensor:
+    """Images in [-1, 1], (B, 3, H, W) -> the ImageNet-normalised RGB that the VGG16 weights expect."""
+    mean = images.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+    return ((images + 1) / 2 - mean) / std
+
+
 def load_vgg16_features(device: torch.device | str | None = None) -> nn.Sequential:
     """torchvision `vgg16().features` with ImageNet weights, eval mode, no gradients.
 
-    Expects ImageNet-normalised RGB, (B, 3, H, W); used by the evaluation metrics.
+    Expects ImageNet-normalised RGB (`imagenet_normalize`), (B, 3, H, W); used by the evaluation metrics and by
+    the VGG16 correspondence search (`coat_hf.matching_features`).
     """
     features = torchvision.models.vgg16().features
     features.load_state_dict(

@@ -14,6 +14,7 @@ from transformers.utils.loading_report import LoadStateDictInfo
 from .configuration_coat import ALIGNMENT_RULES, COATConfig
 from .correspondence import Correspondence, align_features
 from .encoders import FeatureEncoder, ModulationEncoder
+from .matching_features import VGGMatchingMaps
 from .stylegan2 import StyleGAN2Synthesis
 
 
@@ -131,15 +132,30 @@ class COATModel(COATPreTrainedModel):
             raise ValueError(f"alignment must be one of {ALIGNMENT_RULES}, got {alignment!r}")
         return alignment
 
+    def matching_maps(self, pixel_values: Tensor, features: list[Tensor]) -> list[Tensor]:
+        """What Eq. 1 compares at each scale: E's maps ``features`` (``config.match_features = "encoder"``, the
+        paper) or frozen VGG16 maps of ``pixel_values`` (B, 3, S, S) at the same strides (``"vgg16"``)."""
+        if self.config.match_features == "encoder":
+            return features
+        vgg = self.__dict__.get("_vgg_matching")  # kept out of the module tree: frozen, never saved
+        if vgg is None:
+            vgg = self.__dict__["_vgg_matching"] = VGGMatchingMaps(self.config.feature_strides)
+        with torch.no_grad():
+            return vgg.to(pixel_values.device)(pixel_values)
+
     def align(self, content_features: list[Tensor], style_features: list[Tensor], alignment: str | None = None,
-              return_matches: bool = True) -> tuple[list[Tensor], list[Correspondence | None]]:
+              return_matches: bool = True, content_keys: list[Tensor] | None = None,
+              style_keys: list[Tensor] | None = None) -> tuple[list[Tensor], list[Correspondence | None]]:
         """Eq. 1-3 (or the rule ``alignment``, default ``config.alignment``) at every scale: aligned style
         maps F^_l and their matches (``None`` where ``return_matches`` is False and the rule does not need them,
-        see :func:`~coat_hf.correspondence.align_features`)."""
+        see :func:`~coat_hf.correspondence.align_features`). ``content_keys`` / ``style_keys``, when given, are
+        the maps Eq. 1-2 compare instead of the features (see :meth:`matching_maps`)."""
         rule = self._check_alignment(alignment)
+        content_keys = content_features if content_keys is None else content_keys
+        style_keys = style_features if style_keys is None else style_keys
         pairs = [align_features(f1, f2, self.config.alignment_block_size, rule, self.config.alignment_temperature,
-                                return_matches)
-                 for f1, f2 in zip(content_features, style_features)]
+                                return_matches, k1, k2)
+                 for f1, f2, k1, k2 in zip(content_features, style_features, content_keys, style_keys, strict=True)]
         return [a for a, _ in pairs], [m for _, m in pairs]
 
     def style_vectors(self, features: list[Tensor]) -> Tensor:
@@ -199,8 +215,10 @@ class COATModel(COATPreTrainedModel):
         style_features = self.encoder(style_pixel_values)
         correspondences = None
         if use_alignment or output_correspondence:
-            aligned, correspondences = self.align(content_features, style_features, alignment,
-                                                  return_matches=output_correspondence)
+            aligned, correspondences = self.align(
+                content_features, style_features, alignment, output_correspondence,
+                self.matching_maps(content_pixel_values, content_features),
+                self.matching_maps(style_pixel_values, style_features))
             if use_alignment:
                 style_features = aligned
         content_latents = self.style_vectors(content_features)  # (B, K, D)

@@ -156,6 +156,31 @@ def test_alignment_rules_match_a_plain_reference(block_size):
         align_features(f1, f2, rule="closest")
 
 
+@pytest.mark.parametrize("rule", ["mutual", "nearest", "soft"])
+def test_keys_decide_the_matches_and_the_features_move(rule):
+    """With ``content_key``/``style_key`` (the VGG16 matching maps), Eq. 1-2 run on the keys and every rule moves
+    the features: the same as aligning the keys, with the features in their place."""
+    torch.manual_seed(4)
+    k1, k2 = torch.randn(2, 7, 4, 5), torch.randn(2, 7, 3, 4)  # keys: another channel count
+    f1, f2 = torch.randn(2, 6, 4, 5), torch.randn(2, 6, 3, 4)
+    aligned, matches = align_features(f1, f2, 5, rule=rule, temperature=0.1, content_key=k1, style_key=k2)
+    key_matches = find_correspondence(k1, k2)
+    assert torch.equal(matches.nearest, key_matches.nearest) and torch.equal(matches.mutual, key_matches.mutual)
+    s = cosine_similarity(k1, k2)
+    moved = f2.flatten(2).gather(2, key_matches.nearest[:, None].expand(-1, 6, -1))
+    if rule == "nearest":
+        expected = moved
+    elif rule == "mutual":
+        expected = torch.where(key_matches.mutual[:, None], moved, f1.flatten(2))
+    else:
+        soft = (torch.softmax(s / 0.1, dim=2) @ f2.flatten(2).transpose(1, 2)).transpose(1, 2)
+        weight = key_matches.confidence.clamp(0, 1)[:, None]
+        expected = weight * soft + (1 - weight) * f1.flatten(2)
+    torch.testing.assert_close(aligned.flatten(2), expected)
+    with pytest.raises(ValueError, match="must have the features' sizes"):
+        align_features(f1, f2, content_key=k1[..., :3], style_key=k2)
+
+
 def test_soft_alignment_passes_gradients_to_both_maps():
     f1, f2 = torch.randn(1, 4, 3, 3, requires_grad=True), torch.randn(1, 4, 3, 3, requires_grad=True)
     aligned, _ = align_features(f1, f2, rule="soft")

@@ -11,6 +11,8 @@ from transformers import AutoConfig, AutoModel
 
 from coat_hf import COATConfig, COATModel
 from coat_hf.configuration_coat import default_style_scales
+from coat_hf.correspondence import align_features
+from coat_hf.lpips_weights import VGG16_RELUS, imagenet_normalize, load_vgg16_features
 from coat_hf.modeling_coat import mix_latents
 from coat_hf.stylegan2 import Upsample, make_kernel, upfirdn2d
 
@@ -58,6 +60,8 @@ def test_config_validation():
     ({"alignment_temperature": "warm"}, "alignment_temperature must be a finite number"),
     ({"modulation_pyramid": "yes"}, "modulation_pyramid must be true or false"),
     ({"noise_mode": 1}, "noise_mode must be a string"),
+    ({"match_features": "resnet"}, "match_features must be one of"),
+    ({"match_features": "vgg16", "encoder_channels": [8, 8, 8, 8, 8]}, "match_features 'vgg16' covers at most 4"),
 ])
 def test_config_json_with_absurd_sizes_or_wrong_types_is_refused_before_allocating(tmp_path, change, message,
                                                                                    monkeypatch):
@@ -242,3 +246,32 @@ def test_alignment_rule_and_pyramid_options_round_trip(tmp_path, image_pair, ali
     assert not torch.equal(a, b)
     with pytest.raises(ValueError, match="alignment must be one of"):
         model(content, style, alignment="closest")
+
+
+def test_vgg16_matching_compares_vgg_maps_moves_encoder_maps_and_round_trips(tmp_path, image_pair):
+    """``match_features="vgg16"``: the matches are those of frozen VGG16 maps at E's strides, Eq. 3 moves E's
+    features, and the VGG16 weights stay out of the model's weights and files."""
+    torch.manual_seed(0)
+    model = COATModel(COATConfig.preset("tiny", match_features="vgg16", alignment="nearest")).eval()
+    content, style = image_pair
+    out = model(content, style, n=0, output_correspondence=True, generator=seeded())
+    vgg = load_vgg16_features()
+    maps = {}
+    for images in (content, style):
+        h = imagenet_normalize(images)
+        for index, layer in enumerate(vgg[:23]):
+            h = layer(h)
+            maps.setdefault(index, []).append(h)
+    keys = [maps[VGG16_RELUS[name]] for name in ("relu2_2", "relu3_3", "relu4_3")]  # strides 2, 4, 8
+    content_features, style_features = model.encoder(content), model.encoder(style)
+    for level, (key_pair, matches) in enumerate(zip(keys, out.correspondences)):
+        aligned, expected = align_features(content_features[level], style_features[level], rule="nearest",
+                                           content_key=key_pair[0], style_key=key_pair[1])
+        assert torch.equal(matches.nearest, expected.nearest)
+        own = align_features(content_features[level], style_features[level], rule="nearest")[1]
+        assert not torch.equal(own.nearest, expected.nearest)  # E's own maps would match elsewhere
+    assert not any("vgg" in name or "features" in name for name in model.state_dict())
+    model.save_pretrained(tmp_path)
+    loaded = COATModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.match_features == "vgg16"
+    torch.testing.assert_close(loaded(content, style, n=0, generator=seeded()).images, out.images)

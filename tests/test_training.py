@@ -184,6 +184,23 @@ def test_objective_terms_and_their_gradients(image_pair):
         ObjectiveConfig(transfer_weight=-1)
 
 
+def test_objective_matches_on_vgg16_maps_when_configured(image_pair, monkeypatch):
+    """``match_features="vgg16"``: both alignments of the objective (the real pair and the pseudo-exemplar) compare
+    frozen VGG16 maps, and the gradients still reach E through the features that Eq. 3 moves."""
+    model = COATModel(COATConfig.preset("tiny", match_features="vgg16", modulation_pyramid=True))
+    objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, transfer_weight=1.0))
+    seen = []
+    matching_maps = model.matching_maps
+    monkeypatch.setattr(model, "matching_maps", lambda images, features: seen.append(images) or matching_maps(
+        images, features))
+    content, style = image_pair
+    out = objective(content, style, sample_keys(0, torch.arange(2)))
+    assert len(seen) == 3 and seen[0] is content and seen[1] is style  # content, style, then the pseudo-exemplar
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert not any("vgg" in name or "features." in name for name in objective.state_dict())
+
+
 def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():
     model = COATModel(COATConfig.preset("tiny"))
     k = model.config.num_modulation_layers

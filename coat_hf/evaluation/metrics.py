@@ -32,13 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..correspondence import cosine_similarity
-from ..lpips_weights import load_lpips, load_vgg16_features
+from ..lpips_weights import VGG16_RELUS, imagenet_normalize, load_lpips, load_vgg16_features
 from .color import rgb_to_lab
 
-# Index of each named ReLU in torchvision's ``vgg16().features``.
-VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+HYPERCOLUMN_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 
 
 class VGGHypercolumns(nn.Module):
@@ -46,26 +43,24 @@ class VGGHypercolumns(nn.Module):
 
     def __init__(
         self,
-        layers: tuple[str, ...] = tuple(VGG16_LAYERS),
+        layers: tuple[str, ...] = HYPERCOLUMN_LAYERS,
         grid_size: int = 64,
         features: nn.Sequential | None = None,
     ) -> None:
         super().__init__()
-        unknown = set(layers) - set(VGG16_LAYERS)
+        unknown = set(layers) - set(VGG16_RELUS)
         if unknown:
-            raise ValueError(f"layers must be among {list(VGG16_LAYERS)}, got unknown {sorted(unknown)}")
+            raise ValueError(f"layers must be among {list(VGG16_RELUS)}, got unknown {sorted(unknown)}")
         if grid_size < 1:
             raise ValueError(f"grid_size must be positive, got {grid_size}")
-        self.indices = sorted(VGG16_LAYERS[name] for name in layers)
+        self.indices = sorted(VGG16_RELUS[name] for name in layers)
         features = load_vgg16_features() if features is None else features
         self.features = features[: self.indices[-1] + 1]
         self.out_channels = sum(self.features[i - 1].out_channels for i in self.indices)  # each ReLU follows its conv
         self.grid_size = grid_size
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
-        h = ((images + 1) / 2 - self.mean) / self.std
+        h = imagenet_normalize(images)
         grid = (self.grid_size, self.grid_size)
         columns = []
         for index, layer in enumerate(self.features):

@@ -224,7 +224,10 @@ class COATTrainingObjective(nn.Module):
         loss = rec + cfg.reg_alpha * parts["reg"]
 
         # 2. Transfer I2 -> I1 with a per-sample n, then L_CCL on E(I_{2->1}) against F1.
-        aligned, correspondences = model.align(content_features, style_features, cfg.train_alignment)
+        content_keys = model.matching_maps(content, content_features)  # what Eq. 1 compares: E's maps or VGG16's
+        aligned, correspondences = model.align(content_features, style_features, cfg.train_alignment,
+                                               content_keys=content_keys,
+                                               style_keys=model.matching_maps(style, style_features))
         style_latents, n = model.style_vectors(aligned), self._transfer_n(keys)
         latents = mix_latents(content_latents, style_latents, n)
         if cfg.style_mixing_prob > 0:
@@ -237,8 +240,10 @@ class COATTrainingObjective(nn.Module):
         # 3. The supervised transfer term on pseudo-exemplar pairs (the real style photo lends its colours).
         if cfg.transfer_weight > 0:
             pseudo_style, target = pseudo_exemplar_pair(content, style, keys, self.pseudo_pairs)
-            aligned, _ = model.align(content_features, model.encoder(pseudo_style), cfg.train_alignment,
-                                     return_matches=False)
+            pseudo_features = model.encoder(pseudo_style)
+            aligned, _ = model.align(content_features, pseudo_features, cfg.train_alignment, return_matches=False,
+                                     content_keys=content_keys,
+                                     style_keys=model.matching_maps(pseudo_style, pseudo_features))
             k = model.config.num_modulation_layers
             latents = mix_latents(content_latents, model.style_vectors(aligned), randint(keys, _PSEUDO_N_STREAM, 0, k))
             parts["transfer"], _ = self._rec(model.decoder(latents, noise), target, mask)
