@@ -121,6 +121,7 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
         "processes": acc.num_processes, "threads_per_process": torch.get_num_threads(),
         "batch_per_process": args.batch_size, "global_batch": global_batch, "image_size": trainer.model.config.image_size,
         "mixed_precision": args.mixed_precision, "channels_last": args.channels_last, "compile": args.compile,
+        **({"compile_scope": args.compile_scope, "compile_mode": args.compile_mode} if args.compile else {}),
         "transfer_weight": config.objective.transfer_weight, "steps": steps,
         "images_per_s": global_batch * steps / seconds, "peak_memory_mb": memory,
         "gflop_per_image": flops_per_step / global_batch / 1e9, "achieved_tflops": achieved,

@@ -124,14 +124,14 @@ class _SimilarityBlocks:
         self.buffer = f1.new_empty(b * min(block_size, n1) * n2) if reuse else None
         self.block_size = block_size
 
-    @torch.no_grad()
     def similarity(self, start: int) -> Tensor:
-        """S for content rows ``start .. start + block_size``, (B, blk, N2); valid until the next call."""
+        """S for content rows ``start .. start + block_size``, (B, blk, N2), no graph; valid until the next call."""
         rows = self.f1[:, start : start + self.block_size]  # (B, blk, C)
-        if self.buffer is None:
-            return rows @ self.f2
-        b, blk, n2 = rows.shape[0], rows.shape[1], self.f2.shape[2]
-        return torch.bmm(rows, self.f2, out=self.buffer[: b * blk * n2].view(b, blk, n2))
+        with torch.no_grad():
+            if self.buffer is None:
+                return rows @ self.f2
+            b, blk, n2 = rows.shape[0], rows.shape[1], self.f2.shape[2]
+            return torch.bmm(rows, self.f2, out=self.buffer[: b * blk * n2].view(b, blk, n2))
 
 
 def _unit_channels(maps: Tensor, eps: float = 1e-8) -> Tensor:

@@ -201,6 +201,18 @@ def test_objective_matches_on_vgg16_maps_when_configured(image_pair, monkeypatch
     assert not any("vgg" in name or "features." in name for name in objective.state_dict())
 
 
+def test_the_objective_traces_as_one_graph(image_pair):
+    """The whole training objective (both alignments with their blocked searches, L_CCL, the pseudo-exemplar pairs,
+    style mixing) is one graph for ``torch.compile``: no graph break, so a compiled step can fuse across networks."""
+    model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True))
+    objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, transfer_weight=1.0, style_mixing_prob=0.9,
+                                                             train_alignment="mutual"))
+    content, style = image_pair
+    explanation = torch._dynamo.explain(objective)(content, style, sample_keys(0, torch.arange(2)), None)
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, [b.reason.splitlines()[0] for b in explanation.break_reasons]
+
+
 def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():
     model = COATModel(COATConfig.preset("tiny"))
     k = model.config.num_modulation_layers
@@ -244,6 +256,7 @@ def test_arguments_are_typed_and_documented(tmp_path, image_folder, capsys):
     (["--checkpoint_every", "0"], "--checkpoint_every"),
     (["--max_steps", "-1"], "--max_steps"),
     (["--learning_rate", "-0.1"], "--learning_rate"),
+    (["--compile_mode", "fast"], "--compile_mode must be one of"),
     (["--config", "BAD"], "unknown keys"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_the_model_is_built(tmp_path, image_folder, extra, message,

@@ -58,7 +58,13 @@ class TrainingArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (autocast)."})
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (GPU)."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile E, E_mod, D and the frozen LPIPS network, each on its own."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the step (see --compile_scope)."})
+    compile_scope: str = field(default="networks", metadata={
+        "help": "networks (E, E_mod, D and the frozen LPIPS network, each on its own) or objective (the whole loss, "
+                "forward and backward, as one graph: fusion across networks, fewer kernel launches)."})
+    compile_mode: str = field(default="default", metadata={
+        "help": "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune or "
+                "max-autotune-no-cudagraphs."})
     ema_decay: float = field(default=0.999, metadata={"help": "Decay of the exported EMA weights."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial weights and of the sample schedule."})
     torch_threads: int = field(default=0, metadata={"help": "CPU threads per process (0: cores / processes)."})
@@ -88,7 +94,9 @@ class TrainingArguments:
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"--max_minutes must be > 0, got {self.max_minutes}")
         choices = {"train_modules": ("all", "encoders"), "mixed_precision": ("no", "fp16", "bf16"),
-                   "export_dtype": ("float32", "float16", "bfloat16"), "report_to": ("tensorboard", "none")}
+                   "export_dtype": ("float32", "float16", "bfloat16"), "report_to": ("tensorboard", "none"),
+                   "compile_scope": ("networks", "objective"),
+                   "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -350,11 +350,13 @@ class Trainer:
         self.objective, self.optimizer, self.scheduler = acc.prepare(self.objective, self.optimizer, self.scheduler)
         acc.register_for_checkpointing(self.ema, self.state)
         self.checkpoint_root = self.output_dir / "checkpoints"
-        if args.compile:  # each network on its own: the alignment's blocked search and L_CCL's sort stay eager
+        if args.compile and args.compile_scope == "objective":  # one graph (tests: no graph break), fwd and bwd
+            self.objective.compile(mode=args.compile_mode)
+        elif args.compile:  # each network on its own: the alignment's blocked search and L_CCL's sort stay eager
             for network in (self.model.encoder, self.model.modulation_encoder, self.model.decoder,
                             acc.unwrap_model(self.objective).lpips):
                 if network is not None:
-                    network.compile()
+                    network.compile(mode=args.compile_mode)
 
     def _model_config(self) -> COATConfig:
         """The architecture the run trains (checked before any weight is allocated)."""
@@ -420,7 +422,8 @@ class Trainer:
                     r1_weight = args.r1_gamma * args.r1_every if step % args.r1_every == 0 else 0.0
                     out.update(self.adversary.step(acc, batch.content, fake.detach(), r1_weight))
         self.ema.update(self.trainable)
-        return {key: out[key].detach().float() for key in LOGGED if key in out}
+        # Copies: a CUDA-graphed step (--compile_mode reduce-overhead) overwrites its outputs at the next replay.
+        return {key: out[key].detach().float().clone() for key in LOGGED if key in out}
 
     def _sample(self, fixed: tuple[Tensor, Tensor], step: int) -> None:
         args = self.config.training
