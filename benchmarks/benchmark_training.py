@@ -96,7 +96,7 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
     trainer.objective.train()
     for step in range(warmup):
         trainer.train_step(step)
-    with FlopCounterMode(display=False) as counter:
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:  # same FLOPs, counted
         trainer.train_step(warmup)
     flops_per_step = counter.get_total_flops() * acc.num_processes
     sync()

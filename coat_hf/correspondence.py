@@ -81,7 +81,8 @@ def _check_pair(content: Tensor, style: Tensor, names: str) -> None:
     if content.ndim != 4 or style.ndim != 4:
         raise ValueError(f"{names} must be (B, C, H, W) tensors")
     if content.shape[:2] != style.shape[:2]:
-        raise ValueError(f"{names} need the same batch and channels, got {tuple(content.shape)} and {tuple(style.shape)}")
+        raise ValueError(
+            f"{names} need the same batch and channels, got {tuple(content.shape)} and {tuple(style.shape)}")
 
 
 def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int) -> None:
@@ -141,17 +142,18 @@ def _unit_channels(maps: Tensor, eps: float = 1e-8) -> Tensor:
     return flat * torch.rsqrt(flat.square().sum(dim=1, keepdim=True).clamp_min(eps * eps))
 
 
-def _unit_maps(content_feat: Tensor, style_feat: Tensor) -> tuple[Tensor, Tensor]:
-    """Unit-length features for Eq. 1's blocks: content (B, N1, C) and style (B, C, N2)."""
-    return _unit_channels(content_feat).transpose(1, 2), _unit_channels(style_feat)
+def _unit_maps(content_key: Tensor, style_key: Tensor) -> tuple[Tensor, Tensor]:
+    """Unit-length maps for Eq. 1's blocks: content (B, N1, C) and style (B, C, N2)."""
+    return _unit_channels(content_key).transpose(1, 2), _unit_channels(style_key)
 
 
-def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, temperature: float | None,
+def _blocked_search(content_key: Tensor, style_key: Tensor, block_size: int, temperature: float | None,
                     style_values: Tensor | None = None) -> tuple[Correspondence, Tensor | None]:
-    """One pass over blocks of content rows of S (Eq. 1): row and column maxima and, when ``temperature``
-    is given, the softmax-weighted ``style_values`` (default ``style_feat``) of every content row, (B, C, N1)."""
-    b = content_feat.shape[0]
-    f1, f2 = _unit_maps(content_feat, style_feat)
+    """One pass over blocks of content rows of S (Eq. 1) between the maps ``content_key`` and ``style_key``: row
+    and column maxima and, when ``temperature`` is given, the softmax-weighted ``style_values`` (default
+    ``style_key``) of every content row, (B, C, N1)."""
+    b = content_key.shape[0]
+    f1, f2 = _unit_maps(content_key, style_key)
     n1, n2 = f1.shape[1], f2.shape[2]
     row_max = f1.new_empty(b, n1)
     row_arg = torch.empty(b, n1, dtype=torch.long, device=f1.device)
@@ -159,7 +161,7 @@ def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, t
     col_arg = torch.zeros(b, n2, dtype=torch.long, device=f1.device)
     soft = None
     if temperature is not None:
-        style_values = style_feat if style_values is None else style_values
+        style_values = style_key if style_values is None else style_values
         values = style_values.flatten(2).transpose(1, 2)  # (B, N2, C), gradients flow into the style
         soft = []
     keep_graph = soft is not None and torch.is_grad_enabled()
@@ -171,7 +173,7 @@ def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, t
             s = blocks.similarity(start)
         stop = start + s.shape[1]
         with torch.no_grad():
-            row_max[:, start:stop], row_arg[:, start:stop] = _row_max(s, style_feat.shape[3])
+            row_max[:, start:stop], row_arg[:, start:stop] = _row_max(s, style_key.shape[3])
             blk_max, blk_arg = _column_max(s)  # (B, N2)
             better = blk_max > col_max  # strict: on ties the earlier (smaller) index wins, as argmax does
             col_max = torch.where(better, blk_max, col_max)
@@ -180,17 +182,17 @@ def _blocked_search(content_feat: Tensor, style_feat: Tensor, block_size: int, t
             soft.append(torch.softmax(s / temperature, dim=2) @ values)  # (B, blk, C)
     mutual, confidence = _matches_from_maxima(row_max, row_arg, col_max, col_arg)
     matches = Correspondence(row_arg, row_max.detach(), confidence.detach(), mutual,
-                             tuple(content_feat.shape[2:]), tuple(style_feat.shape[2:]))
+                             tuple(content_key.shape[2:]), tuple(style_key.shape[2:]))
     return matches, None if soft is None else torch.cat(soft, dim=1).transpose(1, 2)
 
 
 @torch.no_grad()
-def _nearest_style(content_feat: Tensor, style_feat: Tensor, block_size: int) -> Tensor:
+def _nearest_style(content_key: Tensor, style_key: Tensor, block_size: int) -> Tensor:
     """``argmax_j S_ij`` of Eq. 1 for every content position i, (B, N1): the row maxima alone, without the
     column maxima that Eq. 2 and the confident set need (the ``"nearest"`` rule when no matches are asked for)."""
-    f1, f2 = _unit_maps(content_feat, style_feat)
+    f1, f2 = _unit_maps(content_key, style_key)
     blocks = _SimilarityBlocks(f1, f2, block_size)
-    return torch.cat([_row_max(blocks.similarity(start), style_feat.shape[3])[1]
+    return torch.cat([_row_max(blocks.similarity(start), style_key.shape[3])[1]
                       for start in range(0, f1.shape[1], block_size)], dim=1)
 
 
@@ -226,7 +228,8 @@ def align_features(
     content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2) -> aligned (B, C, H1, W1) and the matches
     (``None`` when ``return_matches`` is False and the rule does not need them: ``"nearest"`` then skips the
     column maxima of Eq. 2; ``benchmarks/benchmark_inference.py --interleaved 128``: a 146 ms call instead of
-    184 ms on one CPU thread, 1.29x the latent-swap call). Memory stays within the blocked bound of ``find_correspondence`` for every rule.
+    184 ms on one CPU thread, 1.29x the latent-swap call). Memory stays within the blocked bound of
+    ``find_correspondence`` for every rule.
     """
     _check_maps(content_feat, style_feat, block_size)
     if rule not in ALIGNMENT_RULES:
