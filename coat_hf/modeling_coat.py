@@ -14,7 +14,6 @@ from transformers.utils.loading_report import LoadStateDictInfo
 from .configuration_coat import ALIGNMENT_RULES, COATConfig
 from .correspondence import Correspondence, align_features
 from .encoders import FeatureEncoder, ModulationEncoder
-from .matching_features import VGGMatchingMaps
 from .stylegan2 import StyleGAN2Synthesis
 
 
@@ -139,6 +138,11 @@ class COATModel(COATPreTrainedModel):
             return features
         vgg = self.__dict__.get("_vgg_matching")  # kept out of the module tree: frozen, never saved
         if vgg is None:
+            try:
+                from .matching_features import VGGMatchingMaps
+            except ImportError as err:  # torchvision and lpips come with the [eval] and [train] extras
+                raise ImportError(f"match_features 'vgg16' needs torchvision and lpips ({err}): "
+                                  "pip install 'coat-hf[eval]'") from err
             vgg = self.__dict__["_vgg_matching"] = VGGMatchingMaps(self.config.feature_strides)
         with torch.no_grad():
             return vgg.to(pixel_values.device)(pixel_values)
