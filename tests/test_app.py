@@ -452,7 +452,8 @@ def test_python_app_py_binds_where_spaces_says(tmp_path):
 
 def imported_distributions(entry: Path) -> set[str]:
     """Distributions (normalised names) that ``entry`` and the coat_hf modules it reaches import, at top level or
-    inside functions, standard library aside."""
+    inside functions, standard library aside. An import inside ``try: ... except ImportError`` is an optional
+    extra (its handler names the extra) and is not followed."""
     import ast
     import importlib.metadata
 
@@ -469,7 +470,14 @@ def imported_distributions(entry: Path) -> set[str]:
         if path in seen:
             continue
         seen.add(path)
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        optional = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try)
+                    and any(isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                            for h in node.handlers)
+                    for statement in node.body for inner in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
