@@ -113,21 +113,37 @@ def _row_max(s: Tensor, style_width: int) -> tuple[Tensor, Tensor]:
     return values, best_row * style_width + inside
 
 
-class _SimilarityBlocks:
-    """Blocks of content rows of S (Eq. 1) without a graph. On the CPU all blocks are written into one reused
-    buffer: there a fresh multi-megabyte tensor per block costs as much as its matrix product (page faults);
-    other devices keep their caching allocator and autocast."""
+_CPU_BLOCK_ELEMENTS = 2**20
+"""On the CPU, blocks of S hold at most this many values (4 MB, as many content rows as fit, up to ``block_size``):
+small enough to stay in cache between the product and its reductions (``benchmarks/benchmark_inference.py
+--interleaved 128``: a COAT call 1.17-1.19x the latent-swap call with 256-row blocks of 64x64 style maps, 1.30-1.34x
+with 1024-row ones)."""
 
-    def __init__(self, f1: Tensor, f2: Tensor, block_size: int):
+
+class _SimilarityBlocks:
+    """Blocks of content rows of S (Eq. 1), ``rows`` at a time. Without a graph on the CPU, the blocks are capped at
+    ``_CPU_BLOCK_ELEMENTS`` and all written into one reused buffer (there a fresh multi-megabyte tensor per block
+    costs as much as its matrix product: page faults); other devices keep ``block_size``, their caching allocator
+    and autocast."""
+
+    def __init__(self, f1: Tensor, f2: Tensor, block_size: int, keep_graph: bool = False):
         self.f1, self.f2 = f1, f2  # (B, N1, C), (B, C, N2) unit-length
+        self.keep_graph = keep_graph
         b, n1, n2 = f1.shape[0], f1.shape[1], f2.shape[2]
-        reuse = f1.device.type == "cpu" and f1.dtype == f2.dtype
-        self.buffer = f1.new_empty(b * min(block_size, n1) * n2) if reuse else None
-        self.block_size = block_size
+        reuse = f1.device.type == "cpu" and f1.dtype == f2.dtype and not keep_graph
+        self.rows = min(block_size, n1, max(1, _CPU_BLOCK_ELEMENTS // (b * n2))) if reuse else block_size
+        self.buffer = f1.new_empty(b * self.rows * n2) if reuse else None
+
+    def starts(self) -> range:
+        """The first content row of each block."""
+        return range(0, self.f1.shape[1], self.rows)
 
     def similarity(self, start: int) -> Tensor:
-        """S for content rows ``start .. start + block_size``, (B, blk, N2), no graph; valid until the next call."""
-        rows = self.f1[:, start : start + self.block_size]  # (B, blk, C)
+        """S for content rows ``start .. start + rows``, (B, blk, N2), with a graph only when ``keep_graph``;
+        valid until the next call."""
+        rows = self.f1[:, start : start + self.rows]  # (B, blk, C)
+        if self.keep_graph:
+            return rows @ self.f2
         with torch.no_grad():
             if self.buffer is None:
                 return rows @ self.f2
@@ -164,13 +180,9 @@ def _blocked_search(content_key: Tensor, style_key: Tensor, block_size: int, tem
         style_values = style_key if style_values is None else style_values
         values = style_values.flatten(2).transpose(1, 2)  # (B, N2, C), gradients flow into the style
         soft = []
-    keep_graph = soft is not None and torch.is_grad_enabled()
-    blocks = None if keep_graph else _SimilarityBlocks(f1, f2, block_size)
-    for start in range(0, n1, block_size):
-        if keep_graph:
-            s = f1[:, start : start + block_size] @ f2  # (B, blk, N2), a slice of Eq. 1
-        else:
-            s = blocks.similarity(start)
+    blocks = _SimilarityBlocks(f1, f2, block_size, keep_graph=soft is not None and torch.is_grad_enabled())
+    for start in blocks.starts():
+        s = blocks.similarity(start)  # (B, blk, N2), a slice of Eq. 1
         stop = start + s.shape[1]
         with torch.no_grad():
             row_max[:, start:stop], row_arg[:, start:stop] = _row_max(s, style_key.shape[3])
@@ -192,8 +204,7 @@ def _nearest_style(content_key: Tensor, style_key: Tensor, block_size: int) -> T
     column maxima that Eq. 2 and the confident set need (the ``"nearest"`` rule when no matches are asked for)."""
     f1, f2 = _unit_maps(content_key, style_key)
     blocks = _SimilarityBlocks(f1, f2, block_size)
-    return torch.cat([_row_max(blocks.similarity(start), style_key.shape[3])[1]
-                      for start in range(0, f1.shape[1], block_size)], dim=1)
+    return torch.cat([_row_max(blocks.similarity(start), style_key.shape[3])[1] for start in blocks.starts()], dim=1)
 
 
 @torch.no_grad()
@@ -227,8 +238,8 @@ def align_features(
 
     content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2) -> aligned (B, C, H1, W1) and the matches
     (``None`` when ``return_matches`` is False and the rule does not need them: ``"nearest"`` then skips the
-    column maxima of Eq. 2; ``benchmarks/benchmark_inference.py --interleaved 128``: a 146 ms call instead of
-    184 ms on one CPU thread, 1.29x the latent-swap call). Memory stays within the blocked bound of
+    column maxima of Eq. 2; ``benchmarks/benchmark_inference.py --interleaved 128``: a 143 ms call instead of
+    172 ms on one CPU thread, 1.17x the latent-swap call). Memory stays within the blocked bound of
     ``find_correspondence`` for every rule.
     """
     _check_maps(content_feat, style_feat, block_size)
