@@ -76,6 +76,12 @@ def test_counter_based_draws_depend_only_on_the_key():
     assert hash32(x).tolist() == reference
     draws = normal(sample_keys(0, torch.arange(64)), 1, 512)
     assert abs(draws.mean().item()) < 0.02 and abs(draws.std().item() - 1) < 0.02
+    streams = torch.tensor([[3, 9], [4, 70000]])  # several streams in one pass: the same as one by one
+    together = normal(keys, streams, 5)  # (B, 2, 2, 5)
+    assert together.shape == (6, 2, 2, 5)
+    for (i, j), stream in zip([(0, 0), (0, 1), (1, 0), (1, 1)], streams.flatten().tolist()):
+        assert torch.equal(together[:, i, j], normal(keys, stream, 5))
+        assert torch.equal(uniform(keys, streams, 5)[:, i, j], uniform(keys, stream, 5))
 
 
 def test_schedule_is_a_function_of_the_step_and_splits_over_processes():

@@ -26,6 +26,8 @@ the host.
 
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass, field
 
 import torch
@@ -88,9 +90,15 @@ class ObjectiveConfig:
 
 
 def per_sample_noise(model: COATModel, keys: Tensor) -> list[Tensor]:
-    """D's noise maps drawn from each sample's key: (B, 1, r, r) per StyledConv."""
-    return [normal(keys, _NOISE_STREAM + i, r * r).view(-1, 1, r, r)
-            for i, r in enumerate(model.decoder.noises.resolutions)]
+    """D's noise maps drawn from each sample's key: (B, 1, r, r) per StyledConv (stream ``_NOISE_STREAM + i`` for the
+    i-th), the layers of one resolution drawn together."""
+    maps, first = [], 0
+    for r, run in itertools.groupby(model.decoder.noises.resolutions):  # runs of one resolution: D's convs there
+        m = len(list(run))
+        streams = torch.arange(first, first + m, device=keys.device) + _NOISE_STREAM
+        maps += normal(keys, streams, r * r).view(-1, m, 1, r, r).unbind(1)
+        first += m
+    return maps
 
 
 class COATTrainingObjective(nn.Module):

@@ -34,21 +34,44 @@ def sample_keys(seed: int, positions: Tensor) -> Tensor:
     return hash32(hash32(lo ^ hash32(torch.full_like(positions, seed & _MASK))) + hi)
 
 
-def random_bits(keys: Tensor, stream: int, count: int) -> Tensor:
-    """(B, count) int64 uniform 32-bit values of stream ``stream`` for the samples' (B,) ``keys``."""
-    stream_keys = hash32(keys ^ hash32(torch.full_like(keys, stream)))  # (B,)
+def _host_hash32(x: int) -> int:
+    """``hash32`` of one Python integer, on the host: a stream's constant then costs no device operation."""
+    x &= _MASK
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK
+    return x ^ (x >> 16)
+
+
+Streams = int | Tensor
+"""One stream id, or an int64 tensor of S stream ids on the keys' device: the draws of several streams in one pass
+(fewer, larger kernels: a GPU step is bound by their launches), equal to separate draws stream by stream."""
+
+
+def random_bits(keys: Tensor, stream: Streams, count: int) -> Tensor:
+    """Uniform 32-bit values (int64) of ``stream`` for the samples' (B,) ``keys``: (B, count) for one stream,
+    (B, *stream.shape, count) for a tensor of streams."""
+    if isinstance(stream, int):
+        stream_keys = hash32(keys ^ _host_hash32(stream))  # (B,)
+    else:
+        stream_keys = hash32(keys.view(-1, *(1,) * stream.ndim) ^ hash32(stream))  # (B, *S)
     counter = torch.arange(count, device=keys.device, dtype=torch.int64)
-    return hash32(stream_keys[:, None] ^ hash32(counter + 0x632BE5AB)[None, :])
+    return hash32(stream_keys[..., None] ^ hash32(counter + 0x632BE5AB))
 
 
-def uniform(keys: Tensor, stream: int, count: int) -> Tensor:
-    """(B, count) float32 uniform in (0, 1): 24 random bits, centred in their bins (never 0 or 1)."""
+def uniform(keys: Tensor, stream: Streams, count: int) -> Tensor:
+    """Float32 uniform in (0, 1), shaped as :func:`random_bits`: 24 random bits, centred in their bins (never 0
+    or 1)."""
     return ((random_bits(keys, stream, count) >> 8).float() + 0.5) * 2.0**-24
 
 
-def normal(keys: Tensor, stream: int, count: int) -> Tensor:
-    """(B, count) float32 standard normal draws (Box–Muller on two uniform streams)."""
-    u1, u2 = uniform(keys, stream, count), uniform(keys, stream + 0x10000, count)
+def normal(keys: Tensor, stream: Streams, count: int) -> Tensor:
+    """Float32 standard normal draws, shaped as :func:`random_bits` (Box–Muller on the uniform streams ``stream``
+    and ``stream + 0x10000``, drawn together)."""
+    pair = torch.stack([stream, stream + 0x10000]) if isinstance(stream, Tensor) else torch.arange(
+        2, device=keys.device, dtype=torch.int64) * 0x10000 + stream  # (2, *S)
+    u1, u2 = uniform(keys, pair, count).unbind(1)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
