@@ -113,11 +113,12 @@ def _row_max(s: Tensor, style_width: int) -> tuple[Tensor, Tensor]:
     return values, best_row * style_width + inside
 
 
-_CPU_BLOCK_ELEMENTS = 2**20
-"""On the CPU, blocks of S hold at most this many values (4 MB, as many content rows as fit, up to ``block_size``):
-small enough to stay in cache between the product and its reductions (``benchmarks/benchmark_inference.py
---interleaved 128``: a COAT call 1.17-1.19x the latent-swap call with 256-row blocks of 64x64 style maps, 1.30-1.34x
-with 1024-row ones)."""
+_CPU_BLOCK_ELEMENTS, _CPU_MIN_BLOCK_ROWS = 2**20, 256
+"""On the CPU, blocks of S hold about 2^20 values (4 MB: as many content rows as fit, at least 256, at most
+``block_size``), small enough to stay in cache between the product and its reductions:
+``benchmarks/benchmark_inference.py --interleaved 128`` puts a COAT call at 1.11-1.19x the latent-swap call in four
+runs (256-row blocks of its 64x64 finest map, the 32x32 map whole), 1.30-1.34x with 1024-row blocks. Thinner blocks lose on large maps (256x256
+style maps, nearest matches: 10.6 s with 256 rows, 12.5-15.1 s with 16)."""
 
 
 class _SimilarityBlocks:
@@ -131,7 +132,8 @@ class _SimilarityBlocks:
         self.keep_graph = keep_graph
         b, n1, n2 = f1.shape[0], f1.shape[1], f2.shape[2]
         reuse = f1.device.type == "cpu" and f1.dtype == f2.dtype and not keep_graph
-        self.rows = min(block_size, n1, max(1, _CPU_BLOCK_ELEMENTS // (b * n2))) if reuse else block_size
+        fitting = max(_CPU_MIN_BLOCK_ROWS, _CPU_BLOCK_ELEMENTS // (b * n2))
+        self.rows = min(block_size, n1, fitting) if reuse else block_size
         self.buffer = f1.new_empty(b * self.rows * n2) if reuse else None
 
     def starts(self) -> range:
@@ -239,7 +241,7 @@ def align_features(
     content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2) -> aligned (B, C, H1, W1) and the matches
     (``None`` when ``return_matches`` is False and the rule does not need them: ``"nearest"`` then skips the
     column maxima of Eq. 2; ``benchmarks/benchmark_inference.py --interleaved 128``: a 143 ms call instead of
-    172 ms on one CPU thread, 1.17x the latent-swap call). Memory stays within the blocked bound of
+    172 ms on one CPU thread in one run, 1.11-1.19x the latent-swap call over four). Memory stays within the blocked bound of
     ``find_correspondence`` for every rule.
     """
     _check_maps(content_feat, style_feat, block_size)
