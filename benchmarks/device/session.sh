@@ -6,8 +6,10 @@
 #   OUT=... LIMIT=540 BATCH=64 bash benchmarks/device/session.sh
 # FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
 # from those weights (--init_from); a missing .gl/cats skips the cat model (room for the face model's weights).
-# ENGINE=1 first measures the compiled step at batch $BATCH (--compile_scope networks, objective, objective with
-# CUDA graphs; up to 200 s each) before training; FACE_ARGS / CAT_ARGS add training arguments to either model.
+# BENCH picks what runs before training: "profile" (default: the CUDA test and a profiled batch-32 benchmark),
+# "engine" (the CUDA test, then the compiled step at batch $BATCH with --compile_scope networks, objective, and
+# objective with CUDA graphs, up to ENGINE_S=180 s each) or "none" (straight to training, e.g. a second call on the
+# warm machine). Training runs when at least a minute is left; FACE_ARGS / CAT_ARGS add training arguments.
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES
@@ -21,19 +23,24 @@ python -c "
 from safetensors.torch import load_file, save_file
 save_file({k: v.float() for k, v in load_file('.gl/lpips/alexnet.fp16.safetensors').items()}, '.gl/cache/lpips/alexnet.safetensors')"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> $RES/session.log
-timeout 90 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py > $RES/cuda_test.log 2>&1
-log "cuda test: $(tail -1 $RES/cuda_test.log)"
-timeout 100 python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
-  --data_dir .gl/faces --holdout_last 3800 --out $RES/benchmark.json --steps 10 --warmup 3 --batch_size 32 \
-  --profile $RES/profile_b32.txt >> $RES/benchmark.log 2>&1
-log "benchmark batch 32: $(grep '^| [0-9]' $RES/benchmark.log | tail -1)"
-if [ "${ENGINE:-0}" = 1 ]; then
+BENCH=${BENCH:-profile}
+if [ "$BENCH" != none ]; then
+  timeout 90 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py > $RES/cuda_test.log 2>&1
+  log "cuda test: $(tail -1 $RES/cuda_test.log)"
+fi
+if [ "$BENCH" = profile ]; then
+  timeout 100 python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
+    --data_dir .gl/faces --holdout_last 3800 --out $RES/benchmark.json --steps 10 --warmup 3 --batch_size 32 \
+    --profile $RES/profile_b32.txt >> $RES/benchmark.log 2>&1
+  log "benchmark batch 32: $(grep '^| [0-9]' $RES/benchmark.log | tail -1)"
+elif [ "$BENCH" = engine ]; then
   for variant in "networks default" "objective default" "objective reduce-overhead"; do
     set -- $variant
-    timeout 200 python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
+    timeout ${ENGINE_S:-180} python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
       --data_dir .gl/faces --holdout_last 3800 --out $RES/benchmark.json --steps 20 --warmup 3 --batch_size $BATCH \
       --channels_last true --compile true --compile_scope $1 --compile_mode $2 >> $RES/benchmark-$1-$2.log 2>&1
-    log "compiled $1 $2, batch $BATCH: $(grep '^| [0-9]' $RES/benchmark-$1-$2.log | tail -1 || tail -1 $RES/benchmark-$1-$2.log)"
+    row=$(grep '^| [0-9]' $RES/benchmark-$1-$2.log | tail -1)
+    log "compiled $1 $2, batch $BATCH: ${row:-$(tail -1 $RES/benchmark-$1-$2.log)}"
   done
 fi
 
@@ -43,13 +50,17 @@ train() {  # name config data output_dir [extra arguments]
   timeout $(( LIMIT - $(elapsed) - 20 )) python training/train.py --config $config --data_dir $data --output_dir $dir \
     --max_minutes $(minutes_left) --batch_size $BATCH --channels_last true "$@" > $dir.log 2>&1
 }
-log "training for $(minutes_left) minutes at batch $BATCH"
-train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face ${FACE_INIT:+--init_from $FACE_INIT} \
-  ${FACE_ARGS:-} &
-[ -d .gl/cats ] && ( train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat --compile true \
-  ${CAT_INIT:+--init_from $CAT_INIT} ${CAT_ARGS:-} || { log "compiled cat run failed: $(grep -m1 Error $RES/cat.log)"; \
-  train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat-eager ${CAT_INIT:+--init_from $CAT_INIT}; } ) &
-wait
-log "trainings done: $(grep -h 'spent at step\|exported' $RES/*.log | tr '\n' ' ')"
+if python -c "import sys; sys.exit($(minutes_left) < 1)"; then
+  log "training for $(minutes_left) minutes at batch $BATCH"
+  train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face ${FACE_INIT:+--init_from $FACE_INIT} \
+    ${FACE_ARGS:-} &
+  [ -d .gl/cats ] && ( train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat --compile true \
+    ${CAT_INIT:+--init_from $CAT_INIT} ${CAT_ARGS:-} || { log "compiled cat run failed: $(grep -m1 Error $RES/cat.log)"; \
+    train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat-eager ${CAT_INIT:+--init_from $CAT_INIT}; } ) &
+  wait
+  log "trainings done: $(grep -h 'spent at step\|exported' $RES/*.log | tr '\n' ' ')"
+else
+  log "no time left to train"
+fi
 cd $RES && tar cf - --exclude=checkpoints . | split -b 15m -d - "$OUT/res.tar."
 cp $RES/session.log "$OUT/"
