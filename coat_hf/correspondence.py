@@ -117,8 +117,8 @@ _CPU_BLOCK_ELEMENTS, _CPU_MIN_BLOCK_ROWS = 2**20, 256
 """On the CPU, blocks of S hold about 2^20 values (4 MB: as many content rows as fit, at least 256, at most
 ``block_size``), small enough to stay in cache between the product and its reductions:
 ``benchmarks/benchmark_inference.py --interleaved 128`` puts a COAT call at 1.11-1.19x the latent-swap call in four
-runs (256-row blocks of its 64x64 finest map, the 32x32 map whole), 1.30-1.34x with 1024-row blocks. Thinner blocks lose on large maps (256x256
-style maps, nearest matches: 10.6 s with 256 rows, 12.5-15.1 s with 16)."""
+runs (256-row blocks of its 64x64 finest map, the 32x32 map whole), 1.30-1.34x with 1024-row blocks. Thinner
+blocks lose on large maps (256x256 style maps, nearest matches: 10.6 s with 256 rows, 12.5-15.1 s with 16)."""
 
 
 class _SimilarityBlocks:
@@ -241,8 +241,8 @@ def align_features(
     content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2) -> aligned (B, C, H1, W1) and the matches
     (``None`` when ``return_matches`` is False and the rule does not need them: ``"nearest"`` then skips the
     column maxima of Eq. 2; ``benchmarks/benchmark_inference.py --interleaved 128``: a 143 ms call instead of
-    172 ms on one CPU thread in one run, 1.11-1.19x the latent-swap call over four). Memory stays within the blocked bound of
-    ``find_correspondence`` for every rule.
+    172 ms on one CPU thread in one run, 1.11-1.19x the latent-swap call over four). Memory stays within the
+    blocked bound of ``find_correspondence`` for every rule.
     """
     _check_maps(content_feat, style_feat, block_size)
     if rule not in ALIGNMENT_RULES:

@@ -69,8 +69,10 @@ def uniform(keys: Tensor, stream: Streams, count: int) -> Tensor:
 def normal(keys: Tensor, stream: Streams, count: int) -> Tensor:
     """Float32 standard normal draws, shaped as :func:`random_bits` (Box–Muller on the uniform streams ``stream``
     and ``stream + 0x10000``, drawn together)."""
-    pair = torch.stack([stream, stream + 0x10000]) if isinstance(stream, Tensor) else torch.arange(
-        2, device=keys.device, dtype=torch.int64) * 0x10000 + stream  # (2, *S)
+    if isinstance(stream, Tensor):
+        pair = torch.stack([stream, stream + 0x10000])  # (2, *S)
+    else:  # made on the device: a tensor from host values would be one more copy per call
+        pair = torch.arange(2, device=keys.device, dtype=torch.int64) * 0x10000 + stream  # (2,)
     u1, u2 = uniform(keys, pair, count).unbind(1)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
