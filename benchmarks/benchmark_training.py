@@ -94,8 +94,11 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
     device = acc.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     trainer.objective.train()
+    start = time.perf_counter()
     for step in range(warmup):
         trainer.train_step(step)
+    sync()
+    warmup_seconds = time.perf_counter() - start  # compiling included
     with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:  # same FLOPs, counted
         trainer.train_step(warmup)
     flops_per_step = counter.get_total_flops() * acc.num_processes
@@ -122,7 +125,8 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
         "batch_per_process": args.batch_size, "global_batch": global_batch, "image_size": trainer.model.config.image_size,
         "mixed_precision": args.mixed_precision, "channels_last": args.channels_last, "compile": args.compile,
         **({"compile_scope": args.compile_scope, "compile_mode": args.compile_mode} if args.compile else {}),
-        "transfer_weight": config.objective.transfer_weight, "steps": steps,
+        "transfer_weight": config.objective.transfer_weight, "warmup_steps": warmup, "warmup_s": warmup_seconds,
+        "steps": steps,
         "images_per_s": global_batch * steps / seconds, "peak_memory_mb": memory,
         "gflop_per_image": flops_per_step / global_batch / 1e9, "achieved_tflops": achieved,
         "matmul_tflops": rate, "matmul_dtype": "bfloat16" if bf16 else "float32",

@@ -7,9 +7,10 @@
 # FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
 # from those weights (--init_from); a missing .gl/cats skips the cat model (room for the face model's weights).
 # BENCH picks what runs before training: "profile" (default: the CUDA test and a profiled batch-32 benchmark),
-# "engine" (the CUDA test, then the compiled step at batch $BATCH with --compile_scope networks, objective, and
-# objective with CUDA graphs, up to ENGINE_S=180 s each) or "none" (straight to training, e.g. a second call on the
-# warm machine). Training runs when at least a minute is left; FACE_ARGS / CAT_ARGS add training arguments.
+# "engine" (the CUDA test, then the step at batch $BATCH eager and compiled as ENGINE_VARIANTS says, scope:mode
+# pairs, by default objective with CUDA graphs, objective, networks; up to ENGINE_S=180 s each; then the fastest at
+# batch 128 when time allows) or "none" (straight to training, e.g. a second call on the
+# warm machine). Training runs when at least a minute is left (TRAIN=0: never); FACE_ARGS / CAT_ARGS add training arguments.
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES
@@ -25,7 +26,7 @@ save_file({k: v.float() for k, v in load_file('.gl/lpips/alexnet.fp16.safetensor
 nvidia-smi --query-gpu=name,memory.total --format=csv >> $RES/session.log
 BENCH=${BENCH:-profile}
 if [ "$BENCH" != none ]; then
-  timeout 90 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py > $RES/cuda_test.log 2>&1
+  timeout 75 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py > $RES/cuda_test.log 2>&1
   log "cuda test: $(tail -1 $RES/cuda_test.log)"
 fi
 if [ "$BENCH" = profile ]; then
@@ -34,14 +35,29 @@ if [ "$BENCH" = profile ]; then
     --profile $RES/profile_b32.txt >> $RES/benchmark.log 2>&1
   log "benchmark batch 32: $(grep '^| [0-9]' $RES/benchmark.log | tail -1)"
 elif [ "$BENCH" = engine ]; then
-  for variant in "networks default" "objective default" "objective reduce-overhead"; do
-    set -- $variant
-    timeout ${ENGINE_S:-180} python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
-      --data_dir .gl/faces --holdout_last 3800 --out $RES/benchmark.json --steps 20 --warmup 3 --batch_size $BATCH \
-      --channels_last true --compile true --compile_scope $1 --compile_mode $2 >> $RES/benchmark-$1-$2.log 2>&1
-    row=$(grep '^| [0-9]' $RES/benchmark-$1-$2.log | tail -1)
-    log "compiled $1 $2, batch $BATCH: ${row:-$(tail -1 $RES/benchmark-$1-$2.log)}"
+  bench() {  # label batch [training arguments]: one benchmark row, up to ENGINE_S seconds
+    local label=$1 batch=$2 seconds=$(( LIMIT - $(elapsed) - 15 )); shift 2
+    [ $seconds -gt ${ENGINE_S:-180} ] && seconds=${ENGINE_S:-180}
+    [ $seconds -lt 60 ] && { log "$label, batch $batch: skipped, under a minute left"; return; }
+    timeout $seconds python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
+      --data_dir .gl/faces --holdout_last $HOLDOUT --out $RES/benchmark.json --steps 20 --warmup 3 \
+      --batch_size $batch --channels_last true "$@" >> $RES/benchmark-$label-b$batch.log 2>&1
+    local row=$(grep '^| [0-9]' $RES/benchmark-$label-b$batch.log | tail -1)
+    log "$label, batch $batch: ${row:-$(tail -1 $RES/benchmark-$label-b$batch.log)}"
+  }
+  HOLDOUT=$(( $(ls .gl/faces | wc -l) - 1000 ))
+  bench eager $BATCH --compile false --profile $RES/profile-eager-b$BATCH.txt
+  for variant in ${ENGINE_VARIANTS:-objective:reduce-overhead objective:default networks:default}; do
+    bench ${variant/:/-} $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:}
   done
+  best=$(python -c "
+import json; rows = json.load(open('$RES/benchmark.json'))
+best = max(rows, key=lambda r: r['images_per_s'])
+print(f\"{best['compile_scope']}:{best['compile_mode']}\" if best['compile'] else 'eager')" 2>/dev/null)
+  if [ -n "$best" ] && [ $(( LIMIT - $(elapsed) )) -gt ${ENGINE_S:-180} ]; then  # the large-batch recipe's step
+    if [ "$best" = eager ]; then bench eager 128 --compile false
+    else bench ${best/:/-} 128 --compile true --compile_scope ${best%%:*} --compile_mode ${best##*:}; fi
+  fi
 fi
 
 minutes_left() { python -c "print(round(($LIMIT - $(elapsed) - 120) / 60, 2))"; }  # build, cache, export: < 120 s
@@ -50,7 +66,7 @@ train() {  # name config data output_dir [extra arguments]
   timeout $(( LIMIT - $(elapsed) - 20 )) python training/train.py --config $config --data_dir $data --output_dir $dir \
     --max_minutes $(minutes_left) --batch_size $BATCH --channels_last true "$@" > $dir.log 2>&1
 }
-if python -c "import sys; sys.exit($(minutes_left) < 1)"; then
+if [ "${TRAIN:-1}" = 1 ] && python -c "import sys; sys.exit($(minutes_left) < 1)"; then
   log "training for $(minutes_left) minutes at batch $BATCH"
   train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face ${FACE_INIT:+--init_from $FACE_INIT} \
     ${FACE_ARGS:-} &
