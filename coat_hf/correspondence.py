@@ -92,8 +92,12 @@ def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int) -> No
 
 
 def _column_max(s: Tensor) -> tuple[Tensor, Tensor]:
-    """``s.max(dim=1)`` of a (B, blk, N2) block, values and first arg-max: the same result, several times faster
-    on CPUs, where a reduction with indices across rows is slow and one without them is fast."""
+    """``s.max(dim=1)`` of a (B, blk, N2) block, values and first arg-max. On CPUs in a form several times faster
+    there, where a reduction with indices across rows is slow and one without them is fast; other devices take
+    ``s.max`` itself (one kernel: on an H100 the CPU form cost about a quarter of an eager training step's GPU time,
+    ``benchmarks/results/profile_training_NVIDIA-H100-80GB-HBM3_b64_eager.txt``)."""
+    if s.device.type != "cpu":
+        return s.max(dim=1)
     values = s.amax(dim=1)  # (B, N2)
     blk = s.shape[1]
     countdown = torch.arange(blk, 0, -1, dtype=torch.int16 if blk < 2**15 else torch.int32, device=s.device)
@@ -105,7 +109,10 @@ def _row_max(s: Tensor, style_width: int) -> tuple[Tensor, Tensor]:
     """``s.max(dim=2)`` of a (B, blk, N2) block whose N2 = H2·W2 style positions run row-major, values and first
     arg-max, in two levels: the maximum of each style row (a reduction without indices, fast on CPUs), the best
     style row, then the arg-max inside that row alone. The same result; on one CPU thread, 64x64 style maps,
-    about a third of the time of the one-level reduction with indices (5 ms instead of 15 ms per 4096 rows)."""
+    about a third of the time of the one-level reduction with indices (5 ms instead of 15 ms per 4096 rows). Other
+    devices take ``s.max`` itself (see ``_column_max``)."""
+    if s.device.type != "cpu":
+        return s.max(dim=2)
     b, blk, n2 = s.shape
     rows = s.view(b, blk, n2 // style_width, style_width)  # (B, blk, H2, W2)
     values, best_row = rows.amax(dim=3).max(dim=2)  # (B, blk): the first style row holding the maximum

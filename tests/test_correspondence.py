@@ -90,6 +90,21 @@ def test_ties_take_the_first_style_position(block_size):
     assert torch.equal(aligned.flatten(2), f2.flatten(2).gather(2, expected[:, None].expand(-1, 8, -1)))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("block_size", [7, 1024])
+def test_cuda_search_equals_the_cpu_search(block_size):
+    """Off the CPU the row and column maxima are plain ``max`` reductions (the CPU has its own faster form):
+    the same matches, ties included (float64: no TF32 rounding)."""
+    torch.manual_seed(11)
+    f1, f2 = torch.randn(2, 16, 12, 10, dtype=torch.float64), torch.randn(2, 16, 9, 14, dtype=torch.float64)
+    f2[:, :, 1] = f2[:, :, 4]  # a duplicated style row: exact ties
+    for rule in ("mutual", "nearest"):
+        cpu_aligned, cpu = align_features(f1, f2, block_size, rule=rule)
+        cuda_aligned, cuda = align_features(f1.cuda(), f2.cuda(), block_size, rule=rule)
+        assert torch.equal(cuda.nearest.cpu(), cpu.nearest) and torch.equal(cuda.mutual.cpu(), cpu.mutual)
+        torch.testing.assert_close(cuda_aligned.cpu(), cpu_aligned)
+
+
 def test_self_alignment_is_identity():
     f = torch.randn(1, 8, 6, 6)
     aligned, m = align_features(f, f)

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (prepared by benchmarks/device/prepare.sh): the CUDA test, a profiled training
-# benchmark, then the face model (eager) and the cat model (torch.compile, eager again if compiling fails) trained
-# side by side until LIMIT seconds are nearly spent. Everything that comes back is packed into 15 MiB pieces under
-# $OUT: unpack with `cat res.tar.* | tar xf -`.
+# One call on a lent GPU machine (prepared by benchmarks/device/prepare.sh): the CUDA tests, the training step
+# benchmarked, then the face and cat models (the whole objective compiled, as their GPU configs say; eager again if
+# compiling fails) trained side by side until LIMIT seconds are nearly spent. Everything that comes back is packed
+# into 15 MiB pieces under $OUT: unpack with `cat res.tar.* | tar xf -`.
 #   OUT=... LIMIT=540 BATCH=64 bash benchmarks/device/session.sh
 # FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
 # from those weights (--init_from); a missing .gl/cats skips the cat model (room for the face model's weights).
-# BENCH picks what runs before training: "profile" (default: the CUDA test and a profiled batch-32 benchmark),
-# "engine" (the CUDA test, then the step at batch $BATCH eager and compiled as ENGINE_VARIANTS says, scope:mode
-# pairs, by default objective with CUDA graphs, objective, networks; up to ENGINE_S=180 s each; then the fastest at
-# batch 128 when time allows) or "none" (straight to training, e.g. a second call on the
-# warm machine). Training runs when at least a minute is left (TRAIN=0: never); FACE_ARGS / CAT_ARGS add training arguments.
+# BENCH: "engine" (default: the CUDA tests, then the step at batch $BATCH eager with a profile, and compiled as
+# ENGINE_VARIANTS lists, scope:mode pairs, by default objective, then objective with CUDA graphs; each up to
+# ENGINE_S=180 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
+# e.g. a second call on the warm machine). Training runs when at least a minute is left (TRAIN=0: never);
+# FACE_ARGS / CAT_ARGS add training arguments.
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES
@@ -24,17 +24,13 @@ python -c "
 from safetensors.torch import load_file, save_file
 save_file({k: v.float() for k, v in load_file('.gl/lpips/alexnet.fp16.safetensors').items()}, '.gl/cache/lpips/alexnet.safetensors')"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> $RES/session.log
-BENCH=${BENCH:-profile}
+BENCH=${BENCH:-engine}
 if [ "$BENCH" != none ]; then
-  timeout 75 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py > $RES/cuda_test.log 2>&1
+  timeout 75 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py \
+    tests/test_correspondence.py::test_cuda_search_equals_the_cpu_search > $RES/cuda_test.log 2>&1
   log "cuda test: $(tail -1 $RES/cuda_test.log)"
 fi
-if [ "$BENCH" = profile ]; then
-  timeout 100 python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
-    --data_dir .gl/faces --holdout_last 3800 --out $RES/benchmark.json --steps 10 --warmup 3 --batch_size 32 \
-    --profile $RES/profile_b32.txt >> $RES/benchmark.log 2>&1
-  log "benchmark batch 32: $(grep '^| [0-9]' $RES/benchmark.log | tail -1)"
-elif [ "$BENCH" = engine ]; then
+if [ "$BENCH" = engine ]; then
   bench() {  # label batch [training arguments]: one benchmark row, up to ENGINE_S seconds
     local label=$1 batch=$2 seconds=$(( LIMIT - $(elapsed) - 15 )); shift 2
     [ $seconds -gt ${ENGINE_S:-180} ] && seconds=${ENGINE_S:-180}
@@ -47,7 +43,7 @@ elif [ "$BENCH" = engine ]; then
   }
   HOLDOUT=$(( $(ls .gl/faces | wc -l) - 1000 ))
   bench eager $BATCH --compile false --profile $RES/profile-eager-b$BATCH.txt
-  for variant in ${ENGINE_VARIANTS:-objective:reduce-overhead objective:default networks:default}; do
+  for variant in ${ENGINE_VARIANTS:-objective:default objective:reduce-overhead}; do
     bench ${variant/:/-} $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:}
   done
   best=$(python -c "
@@ -61,18 +57,21 @@ print(f\"{best['compile_scope']}:{best['compile_mode']}\" if best['compile'] els
 fi
 
 minutes_left() { python -c "print(round(($LIMIT - $(elapsed) - 120) / 60, 2))"; }  # build, cache, export: < 120 s
-train() {  # name config data output_dir [extra arguments]
-  local name=$1 config=$2 data=$3 dir=$4; shift 4
+train() {  # name config data output_dir [extra arguments]: compiled as the GPU config says, eager if that fails
+  local name=$1 config=$2 data=$3 dir=$4 rc; shift 4
   timeout $(( LIMIT - $(elapsed) - 20 )) python training/train.py --config $config --data_dir $data --output_dir $dir \
-    --max_minutes $(minutes_left) --batch_size $BATCH --channels_last true "$@" > $dir.log 2>&1
+    --max_minutes $(minutes_left) --batch_size $BATCH --channels_last true "$@" > $dir.log 2>&1; rc=$?
+  if [ $rc != 0 ] && [ $rc != 124 ] && [[ "$*" != *"--compile false"* ]]; then
+    log "$name: compiled run failed: $(grep -m1 Error $dir.log)"
+    python -c "import sys; sys.exit($(minutes_left) < 1)" && train $name $config $data $dir-eager "$@" --compile false
+  fi
 }
 if [ "${TRAIN:-1}" = 1 ] && python -c "import sys; sys.exit($(minutes_left) < 1)"; then
   log "training for $(minutes_left) minutes at batch $BATCH"
   train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face ${FACE_INIT:+--init_from $FACE_INIT} \
     ${FACE_ARGS:-} &
-  [ -d .gl/cats ] && ( train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat --compile true \
-    ${CAT_INIT:+--init_from $CAT_INIT} ${CAT_ARGS:-} || { log "compiled cat run failed: $(grep -m1 Error $RES/cat.log)"; \
-    train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat-eager ${CAT_INIT:+--init_from $CAT_INIT}; } ) &
+  [ -d .gl/cats ] && train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat \
+    ${CAT_INIT:+--init_from $CAT_INIT} ${CAT_ARGS:-} &
   wait
   log "trainings done: $(grep -h 'spent at step\|exported' $RES/*.log | tr '\n' ' ')"
 else
