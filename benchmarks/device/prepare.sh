@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare what a lent GPU machine needs (it reaches no network and gets only the checkout, 64 MiB in all):
 # wheels of the packages it lacks, the LPIPS AlexNet weights as float16, and the training photos pre-cropped to
-# 128 px JPEGs, all under the git-ignored .gl/. Then run `bash benchmarks/device/session.sh` there with
-# carry [".gl"] (see the README's "Training on a lent GPU").
+# 128 px JPEGs (horse masks cropped alike, PNG), all under the git-ignored .gl/. Then run
+# `bash benchmarks/device/session.sh` there with the parts of .gl it needs carried (README, "Training on a lent GPU").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${COAT_DATA_DIR:-../shared/data}
@@ -31,12 +31,24 @@ def crop(job):
         ImageOps.fit(image.convert("RGB"), (128, 128), Image.BICUBIC).save(target, quality=quality)
 
 
+def crop_mask(job):  # the mask at its photo's size first (it is stored smaller), then the photo's crop
+    source, photo, target = job
+    with Image.open(source) as mask, Image.open(photo) as image:
+        mask = mask.convert("L").resize(image.size, Image.NEAREST)
+        ImageOps.fit(mask, (128, 128), Image.NEAREST).save(target)
+
+
 jobs = []
 for name, files, quality in [("faces", sorted((data / "celeba/train").iterdir()), 85),
-                             ("cats", sorted((data / "afhq_cat").iterdir())[:-300], 75)]:  # last 300 held out
-    Path(".gl", name).mkdir(parents=True, exist_ok=True)
+                             ("cats", sorted((data / "afhq_cat").iterdir())[:-300], 75),  # last 300 held out
+                             ("horses/images", sorted((data / "horses/images").iterdir()), 85)]:  # the config
+    Path(".gl", name).mkdir(parents=True, exist_ok=True)                                   # holds some out
     jobs += [(f, Path(".gl", name, f.stem + ".jpg"), quality) for f in files]
+Path(".gl/horses/masks").mkdir(exist_ok=True)
+masks = [(f, data / "horses/images" / f.name, Path(".gl/horses/masks", f.stem + ".png"))
+         for f in sorted((data / "horses/masks").iterdir())]
 with ProcessPoolExecutor(2) as pool:
     list(pool.map(crop, jobs, chunksize=64))
+    list(pool.map(crop_mask, masks, chunksize=64))
 PY
 du -sh .gl/*

@@ -5,12 +5,13 @@
 # into 15 MiB pieces under $OUT: unpack with `cat res.tar.* | tar xf -`.
 #   OUT=... LIMIT=540 BATCH=64 bash benchmarks/device/session.sh
 # FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
-# from those weights (--init_from); a missing .gl/cats skips the cat model (room for the face model's weights).
+# from those weights (--init_from); a missing .gl/faces, .gl/cats or .gl/horses skips that model (the horse model
+# starts from the bundled cat model's weights, which must then travel).
 # BENCH: "engine" (default: the CUDA tests, then the step at batch $BATCH eager with a profile, and compiled as
 # ENGINE_VARIANTS lists, scope:mode pairs, by default objective, then objective with CUDA graphs; each up to
 # ENGINE_S=180 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
 # e.g. a second call on the warm machine). Training runs when at least a minute is left (TRAIN=0: never);
-# FACE_ARGS / CAT_ARGS add training arguments.
+# FACE_ARGS / CAT_ARGS / HORSE_ARGS add training arguments.
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES
@@ -30,7 +31,7 @@ if [ "$BENCH" != none ]; then
     tests/test_correspondence.py::test_cuda_search_equals_the_cpu_search > $RES/cuda_test.log 2>&1
   log "cuda test: $(tail -1 $RES/cuda_test.log)"
 fi
-if [ "$BENCH" = engine ]; then
+if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the face photos
   bench() {  # label batch [training arguments]: one benchmark row, up to ENGINE_S seconds
     local label=$1 batch=$2 seconds=$(( LIMIT - $(elapsed) - 15 )); shift 2
     [ $seconds -gt ${ENGINE_S:-180} ] && seconds=${ENGINE_S:-180}
@@ -68,10 +69,12 @@ train() {  # name config data output_dir [extra arguments]: compiled as the GPU 
 }
 if [ "${TRAIN:-1}" = 1 ] && python -c "import sys; sys.exit($(minutes_left) < 1)"; then
   log "training for $(minutes_left) minutes at batch $BATCH"
-  train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face ${FACE_INIT:+--init_from $FACE_INIT} \
-    ${FACE_ARGS:-} &
+  [ -d .gl/faces ] && train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face \
+    ${FACE_INIT:+--init_from $FACE_INIT} ${FACE_ARGS:-} &
   [ -d .gl/cats ] && train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat \
     ${CAT_INIT:+--init_from $CAT_INIT} ${CAT_ARGS:-} &
+  [ -d .gl/horses ] && train horse training/configs/coat-horses-128-gpu.yaml .gl/horses $RES/horse \
+    ${HORSE_ARGS:-} &
   wait
   log "trainings done: $(grep -h 'spent at step\|exported' $RES/*.log | tr '\n' ' ')"
 else
