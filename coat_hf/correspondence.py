@@ -92,8 +92,8 @@ def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int) -> No
 
 
 def _column_max(s: Tensor) -> tuple[Tensor, Tensor]:
-    """``s.max(dim=1)`` of a (B, blk, N2) block, values and first arg-max. On CPUs in a form several times faster
-    there, where a reduction with indices across rows is slow and one without them is fast; other devices take
+    """``s.max(dim=1)`` of a (B, blk, N2) block, values and first arg-max. On CPUs, in a form several times faster
+    there (a reduction with indices across rows is slow on them, one without indices fast); other devices take
     ``s.max`` itself (one kernel; on an H100 the CPU form took about 30 of the 138 ms of GPU time of an eager
     training step, ``benchmarks/results/profile_training_NVIDIA-H100-80GB-HBM3_b64_eager.txt``)."""
     if s.device.type != "cpu":
