@@ -399,6 +399,17 @@ def test_hub_datasets_are_read_by_name(image_folder, tmp_path):
         PhotoSource(DataOptions(dataset_name=str(tmp_path / "hub")), CONFIG_32)
 
 
+def test_a_config_extends_another_and_overrides_its_fields(tmp_path, image_folder):
+    (tmp_path / "base.yaml").write_text("model_preset: tiny\nbatch_size: 2\nlearning_rate: 0.01\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "run.yaml").write_text("extends: ../base.yaml\nbatch_size: 3\n")  # relative to the file
+    config = parse_arguments(["--config", str(tmp_path / "sub" / "run.yaml"), "--data_dir", str(image_folder)])
+    assert (config.training.model_preset, config.training.batch_size, config.training.learning_rate) == ("tiny", 3, 0.01)
+    (tmp_path / "base.yaml").write_text("extends: sub/run.yaml\n")
+    with pytest.raises(ValueError, match="makes a cycle"):
+        parse_arguments(["--config", str(tmp_path / "sub" / "run.yaml"), "--data_dir", str(image_folder)])
+
+
 @pytest.mark.parametrize("config", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(config, image_folder):
     parse_arguments(["--config", str(config), "--data_dir", str(image_folder)])

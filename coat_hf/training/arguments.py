@@ -136,26 +136,34 @@ def _yaml_mapping(text: str) -> dict[str, Any]:
 
 def _parser() -> HfArgumentParser:
     parser = HfArgumentParser(_CLASSES, description="Train COAT on photos of one object category.")
-    parser.add_argument("--config", help="A YAML file of fields (command-line flags override it).")
+    parser.add_argument("--config", help="A YAML file of fields (command-line flags override it; 'extends: OTHER.yaml' "
+                        "starts from another config).")
     parser._option_string_actions["--model_overrides"].type = _yaml_mapping
     export = parser._option_string_actions["--export"]
     export.nargs, export.const = "?", ""
     return parser
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config file as a dict; unknown keys are refused."""
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as a dict; unknown keys are refused. ``extends: OTHER.yaml`` (a path relative to the
+    file) starts from that config's fields, which the file's own override."""
+    path = Path(path)
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"--config {str(path)!r}: {err}") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {str(path)!r} must hold a mapping of fields")
     known = {f.name for cls in _CLASSES for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known - {"extends"})
     if unknown:
         raise ValueError(f"--config {str(path)!r}: unknown keys {unknown}")
-    return values
+    if "extends" not in values:
+        return values
+    base = path.parent / str(values.pop("extends"))
+    if base.resolve() in _seen or base.resolve() == path.resolve():
+        raise ValueError(f"--config {str(path)!r}: 'extends' makes a cycle through {str(base)!r}")
+    return {**load_yaml(base, (*_seen, path.resolve())), **values}
 
 
 def parse_arguments(argv: list[str] | None = None) -> RunConfig:
