@@ -7,11 +7,11 @@
 # FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
 # from those weights (--init_from); a missing .gl/faces, .gl/cats or .gl/horses skips that model (the horse model
 # starts from the bundled cat model's weights, which must then travel).
-# BENCH: "engine" (default: the CUDA tests, then the step at batch $BATCH eager with a profile, and compiled as
+# BENCH: "engine" (default: the CUDA tests, then the step at batch $BATCH, eager and compiled as
 # ENGINE_VARIANTS lists, scope:mode pairs, by default objective, then objective with CUDA graphs; each up to
-# ENGINE_S=180 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
-# e.g. a second call on the warm machine). Training runs when at least a minute is left (TRAIN=0: never);
-# FACE_ARGS / CAT_ARGS / HORSE_ARGS add training arguments.
+# ENGINE_S=240 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
+# e.g. a second call on the warm machine); every benchmark row also profiles 3 steps. Training runs when at least a
+# minute is left (TRAIN=0: never); FACE_ARGS / CAT_ARGS / HORSE_ARGS add training arguments.
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES
@@ -34,16 +34,17 @@ fi
 if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the face photos
   bench() {  # label batch [training arguments]: one benchmark row, up to ENGINE_S seconds
     local label=$1 batch=$2 seconds=$(( LIMIT - $(elapsed) - 15 )); shift 2
-    [ $seconds -gt ${ENGINE_S:-180} ] && seconds=${ENGINE_S:-180}
+    [ $seconds -gt ${ENGINE_S:-240} ] && seconds=${ENGINE_S:-240}
     [ $seconds -lt 60 ] && { log "$label, batch $batch: skipped, under a minute left"; return; }
     timeout $seconds python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
       --data_dir .gl/faces --holdout_last $HOLDOUT --out $RES/benchmark.json --steps 20 --warmup 3 \
-      --batch_size $batch --channels_last true "$@" >> $RES/benchmark-$label-b$batch.log 2>&1
+      --batch_size $batch --channels_last true --profile $RES/profile-$label-b$batch.txt "$@" \
+      >> $RES/benchmark-$label-b$batch.log 2>&1
     local row=$(grep '^| [0-9]' $RES/benchmark-$label-b$batch.log | tail -1)
     log "$label, batch $batch: ${row:-$(tail -1 $RES/benchmark-$label-b$batch.log)}"
   }
   HOLDOUT=$(( $(ls .gl/faces | wc -l) - 1000 ))
-  bench eager $BATCH --compile false --profile $RES/profile-eager-b$BATCH.txt
+  bench eager $BATCH --compile false
   for variant in ${ENGINE_VARIANTS:-objective:default objective:reduce-overhead}; do
     bench ${variant/:/-} $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:}
   done
@@ -51,7 +52,7 @@ if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the fa
 import json; rows = json.load(open('$RES/benchmark.json'))
 best = max(rows, key=lambda r: r['images_per_s'])
 print(f\"{best['compile_scope']}:{best['compile_mode']}\" if best['compile'] else 'eager')" 2>/dev/null)
-  if [ -n "$best" ] && [ $(( LIMIT - $(elapsed) )) -gt ${ENGINE_S:-180} ]; then  # the large-batch recipe's step
+  if [ -n "$best" ] && [ $(( LIMIT - $(elapsed) )) -gt ${ENGINE_S:-240} ]; then  # the large-batch recipe's step
     if [ "$best" = eager ]; then bench eager 128 --compile false
     else bench ${best/:/-} 128 --compile true --compile_scope ${best%%:*} --compile_mode ${best##*:}; fi
   fi
