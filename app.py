@@ -78,6 +78,7 @@ def shown_in_page() -> Iterator[None]:
 ALIGNMENT_CHOICES = ALIGNMENT_RULES
 ALIGNMENT_HELP = ("mutual: style features only where the two photos match both ways (the paper); nearest: every "
                   "position takes its closest style feature (most style); soft: confidence-weighted blend")
+COLOR_MATCH_HELP = "Give the result the style's colour statistics afterwards (Reinhard in Lab; beyond the paper)"
 
 
 def as_n(value: Any) -> Any:
@@ -214,7 +215,8 @@ class COATDemo:
                                   for scale, size in enumerate(self.config.feature_sizes)]))
 
     def transfer(self, content: Any, style: Any, n: Any, scale: Any, alignment: str | None = None,
-                 progress: gr.Progress = gr.Progress()) -> tuple[PIL.Image.Image, PIL.Image.Image, int, PIL.Image.Image]:
+                 color_match: bool = False, progress: gr.Progress = gr.Progress()
+                 ) -> tuple[PIL.Image.Image, PIL.Image.Image, int, PIL.Image.Image]:
         """One transfer and its correspondence panel.
 
         Returns the result (at the content's size), the matches of ``scale`` drawn between content and style,
@@ -228,7 +230,7 @@ class COATDemo:
             progress(0.3, desc="Transferring")
             scale = as_scale(scale)
             out = self.pipe(content, style, n=as_n(n), return_correspondence=True, correspondence_scale=scale,
-                            seed=SEED, alignment=alignment or None)
+                            seed=SEED, alignment=alignment or None, color_match=color_match)
             progress(0.9, desc="Drawing the correspondences")
             matches = out["correspondence"]["matches"]
             scale = default_scale(matches) if scale is None else scale
@@ -236,8 +238,8 @@ class COATDemo:
             heatmap = confidence_heatmap(matches, size, scale, image=content)
         return out["image"], out["correspondence"]["image"], matches[scale]["content_index"].numel(), heatmap
 
-    def sweep(self, content: Any, style: Any, alignment: str | None = None, progress: gr.Progress = gr.Progress()
-              ) -> list[tuple[PIL.Image.Image, str]]:
+    def sweep(self, content: Any, style: Any, alignment: str | None = None, color_match: bool = False,
+              progress: gr.Progress = gr.Progress()) -> list[tuple[PIL.Image.Image, str]]:
         """The result for every n in 0..K, captioned ``n = ...``: the most style at n = 0, the content at n = K."""
         with shown_in_page():
             content = self.load_input(content, "content")
@@ -245,7 +247,8 @@ class COATDemo:
             k = self.num_modulation_layers
             strip = []
             for n in progress.tqdm(range(k + 1), desc="Sweeping n"):
-                image = self.pipe(content, style, n=n, seed=SEED, alignment=alignment or None)["image"]
+                image = self.pipe(content, style, n=n, seed=SEED, alignment=alignment or None,
+                                  color_match=color_match)["image"]
                 strip.append((image, f"n = {n}"))
         return strip
 
@@ -278,6 +281,8 @@ class COATDemo:
                                     label="Correspondence scale", elem_id="scale", scale=2)
                 alignment = gr.Dropdown(list(ALIGNMENT_CHOICES), value=self.config.alignment, label="Alignment",
                                         info=ALIGNMENT_HELP, elem_id="alignment", scale=2)
+                color_match = gr.Checkbox(False, label="Match the style's colours", info=COLOR_MATCH_HELP,
+                                          elem_id="color_match", scale=1)
                 with gr.Column(scale=1, min_width=160):
                     run = gr.Button("Run", variant="primary", elem_id="run")
                     sweep = gr.Button("Sweep all n", elem_id="sweep")
@@ -295,9 +300,10 @@ class COATDemo:
             if examples:
                 gr.Examples(examples, inputs=[content, style], label="Example pairs (content, style)")
             # preprocess=False: bad files reach the pipeline's loader, whose errors are readable (see load_input).
-            run.click(self.transfer, [content, style, n, scale, alignment], [result, matches, count, heatmap],
-                      api_name="transfer", preprocess=False)
-            sweep.click(self.sweep, [content, style, alignment], strip, api_name="sweep", preprocess=False)
+            run.click(self.transfer, [content, style, n, scale, alignment, color_match],
+                      [result, matches, count, heatmap], api_name="transfer", preprocess=False)
+            sweep.click(self.sweep, [content, style, alignment, color_match], strip, api_name="sweep",
+                        preprocess=False)
         return demo
 
 

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alignment",
                         help="how style features are aligned to the content: mutual (the paper: mutual nearest "
                         "neighbours only), nearest (every position, most style) or soft (default: the model's)")
+    parser.add_argument("--color-match", action="store_true",
+                        help="give the result the style's colour statistics afterwards (Reinhard in Lab; beyond "
+                        "the paper, see the README)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the first GPU if any, else cpu)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per model call with --pairs (default 8)")
     parser.add_argument("--list-models", action="store_true",
@@ -225,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             images = [load_image(args.content, "content"), load_image(args.style, "style")]
         pipe = _load_pipeline(args.model, args.device)
-        params = {"n": args.n, "seed": args.seed, "output_size": args.output_size, "alignment": args.alignment}
+        params = {"n": args.n, "seed": args.seed, "output_size": args.output_size, "alignment": args.alignment,
+                  "color_match": args.color_match}
         if args.pairs is not None:
             failures = _run_pairs(pipe, rows, args, params)
             for failure in failures:

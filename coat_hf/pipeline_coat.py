@@ -21,6 +21,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
+from .color import match_color
 from .image_io import OUTPUT_SIZES, ImageInput, load_image, to_pil
 from .image_processing_coat import COATImageProcessor
 from .modeling_coat import COATModel
@@ -105,6 +106,10 @@ class COATAppearanceTransferPipeline(Pipeline):
             style features only at mutual nearest neighbours), ``"nearest"`` (every content position takes its
             nearest style feature) or ``"soft"`` (confidence-weighted soft matches); default
             ``model.config.alignment``.
+        color_match: ``True`` gives the result the style image's colour statistics afterwards (Reinhard's
+            transfer in Lab, :func:`coat_hf.color.match_color`; default ``False``). Beyond the paper: today's
+            models keep too little of the style's global colour, and this restores it at the cost of the n
+            sweep's range (README, "Colour matching").
         batch_size, num_workers: as for every transformers pipeline.
 
     Returns:
@@ -155,6 +160,7 @@ class COATAppearanceTransferPipeline(Pipeline):
         correspondence_scale: int | None = None,
         seed: int | None = None,
         alignment: str | None = None,
+        color_match: bool | None = None,
     ) -> tuple[dict, dict, dict]:
         forward_params: dict[str, Any] = {}
         postprocess_params: dict[str, Any] = {}
@@ -185,6 +191,10 @@ class COATAppearanceTransferPipeline(Pipeline):
             forward_params["seed"] = seed
         if alignment is not None:
             forward_params["alignment"] = self.model._check_alignment(alignment)
+        if color_match is not None:
+            if not isinstance(color_match, bool):
+                raise ValueError(f"color_match must be True or False, got {color_match!r}")
+            forward_params["color_match"] = color_match
         return {}, forward_params, postprocess_params
 
     def preprocess(self, pair: dict) -> dict[str, Any]:
@@ -201,7 +211,8 @@ class COATAppearanceTransferPipeline(Pipeline):
         }
 
     def _forward(self, batch: dict[str, Any], n: int | None = None, seed: int | None = None,
-                 return_correspondence: bool = False, alignment: str | None = None) -> list[dict[str, Any]]:
+                 return_correspondence: bool = False, alignment: str | None = None,
+                 color_match: bool = False) -> list[dict[str, Any]]:
         """One model call for the batch; returns one dict per pair."""
         content = batch["content_pixel_values"].to(self.model.dtype)  # (B, 3, S, S)
         style = batch["style_pixel_values"].to(self.model.dtype)
@@ -209,9 +220,10 @@ class COATAppearanceTransferPipeline(Pipeline):
         generator = None if seed is None else [torch.Generator().manual_seed(seed) for _ in range(content.shape[0])]
         out = self.model(content, style, n=n, output_correspondence=return_correspondence, generator=generator,
                          alignment=alignment)
+        images = match_color(out.images, style) if color_match else out.images  # (B, 3, S, S) in [-1, 1]
         results = []
         for b in range(content.shape[0]):
-            result = {"image": out.images[b], "content_image": batch["content_image"][b],
+            result = {"image": images[b], "content_image": batch["content_image"][b],
                       "style_image": batch["style_image"][b]}
             if return_correspondence:
                 result["matches"] = correspondence_to_matches(out.correspondences, b)

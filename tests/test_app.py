@@ -77,6 +77,11 @@ def test_transfer_depends_on_n_and_is_reproducible(demo, photos):
     content_only = np.asarray(demo.transfer(content, style, k, 0)[0])
     assert not np.array_equal(most_style, content_only)
     assert np.array_equal(content_only, np.asarray(demo.transfer(content, style, float(k), 0)[0]))
+    matched = demo.transfer(content, style, 0, 0, None, True)[0]  # the colour-match checkbox reaches the pipeline
+    expected = demo.pipe(content, style, n=0, seed=app.SEED, color_match=True)["image"]
+    assert np.array_equal(np.asarray(matched), np.asarray(expected)) and not np.array_equal(np.asarray(matched), most_style)
+    with pytest.raises(gr.Error, match="color_match must be True or False"):
+        demo.transfer(content, style, 0, 0, None, "yes")
 
 
 def test_transfer_accepts_gradio_payloads(demo, photos):
@@ -128,6 +133,8 @@ def test_sweep_renders_every_n(demo, photos):
     assert [caption for _, caption in strip] == [f"n = {n}" for n in range(k + 1)]
     for n in (0, k):  # the strip shows exactly what "Run" shows for that n
         assert np.array_equal(np.asarray(strip[n][0]), np.asarray(demo.transfer(content, style, n, 0)[0]))
+    matched = demo.sweep(content, style, None, True)
+    assert np.array_equal(np.asarray(matched[0][0]), np.asarray(demo.transfer(content, style, 0, 0, None, True)[0]))
 
 
 def test_bad_input_becomes_a_readable_page_error(demo, photos, tmp_path):

@@ -14,9 +14,11 @@ import PIL.Image
 import pytest
 import torch
 from conftest import make_shape_image
+from transformers import pipeline
 
 from coat_hf import COATConfig, COATModel, pretrained
 from coat_hf.cli import main
+from coat_hf.pipeline_coat import TASK
 
 TINY = ["--model", pretrained.UNTRAINED_MODEL]  # fixed 64 px model, whatever the default becomes
 
@@ -51,6 +53,13 @@ def test_single_pair_with_correspondence_picture(pair, tmp_path, capsys):
     assert np.array_equal(np.asarray(PIL.Image.open(again)), np.asarray(PIL.Image.open(out)))
     assert main([str(content), str(style), "-o", str(again), "--output-size", "model", *TINY]) == 0
     assert PIL.Image.open(again).size == (64, 64)
+    # --color-match: the pipeline's color_match=True.
+    matched = tmp_path / "matched.png"
+    assert main([str(content), str(style), "-o", str(matched), "--n", "3", "--seed", "1", "--color-match", *TINY]) == 0
+    expected = pipeline(TASK, model=pretrained.resolve_model(pretrained.UNTRAINED_MODEL), device="cpu")(
+        str(content), str(style), n=3, seed=1, color_match=True)["image"]
+    assert np.array_equal(np.asarray(PIL.Image.open(matched)), np.asarray(expected))
+    assert not np.array_equal(np.asarray(PIL.Image.open(matched)), np.asarray(PIL.Image.open(out)))
 
 
 def test_pairs_csv_with_progress_bar(pair, tmp_path, capsys):

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from conftest import make_shape_image, to_pixel_values
 from coat_hf.evaluation import (
     COATTransfer,
+    ColorMatched,
     ColorTransfer,
     FeatureWarp,
     InputImage,
@@ -22,7 +23,7 @@ from coat_hf.evaluation import (
     structure_distance,
 )
 from coat_hf.evaluation.__main__ import main
-from coat_hf.evaluation.color import lab_to_rgb, rgb_to_lab
+from coat_hf.color import match_color, rgb_to_lab
 from coat_hf import COATConfig
 from coat_hf.evaluation.pairs import ImageLoader, list_images, sample_images, sample_pairs
 from coat_hf.evaluation.report import plot_tradeoff
@@ -35,20 +36,6 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def metrics() -> TransferMetrics:
     return TransferMetrics(grid_size=32, structure_grid=16)
-
-
-# --- colour space -------------------------------------------------------------------------------
-
-
-def test_lab_known_values_and_round_trip():
-    rgb = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).T[None, :, :, None]  # (1, 3, 3, 1)
-    lab = rgb_to_lab(rgb)[0, :, :, 0].T
-    expected = torch.tensor([[100.0, 0.0, 0.0], [53.24, 80.09, 67.20], [0.0, 0.0, 0.0]])
-    torch.testing.assert_close(lab, expected, atol=0.01, rtol=0)
-    image = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(lab_to_rgb(rgb_to_lab(image)), image, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="rgb"):
-        rgb_to_lab(torch.rand(3, 8, 8))
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -135,6 +122,18 @@ def test_every_method_runs_on_tiny_images(tiny_model):
         assert result.shape == (1, 3, SIZE, SIZE) and torch.isfinite(result).all(), method.name
     with pytest.raises(ValueError, match="n_values"):
         build_methods(tiny_model, n_values=[99])
+
+
+def test_color_match_adds_the_sweep_with_the_styles_colours(tiny_model):
+    content, style = to_pixel_values(make_shape_image(SIZE, 4)), to_pixel_values(make_shape_image(SIZE, 5))
+    methods = build_methods(tiny_model, n_values=[0, 3], color_match=True)
+    matched = [m for m in methods if isinstance(m, ColorMatched)]
+    assert [m.name for m in matched] == ["coat n=0 + color match", "coat n=3 + color match"]
+    assert [m.n for m in matched] == [0, 3] and {m.family for m in matched} == {"coat + color match"}
+    with torch.no_grad():
+        plain = methods[1](content, style, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(matched[1](content, style, generator=torch.Generator().manual_seed(0)),
+                                   match_color(plain, style))
 
 
 def test_coat_methods_match_the_model(tiny_model):
@@ -252,13 +251,14 @@ def test_cli_writes_all_outputs(photo_folder, tiny_model, tmp_path):
     main([
         "--model", str(tmp_path / "model"), "--data", str(photo_folder), "--out", str(out), "--num-pairs", "2",
         "--num-reconstruction", "1", "--n", "0,10", "--grid-pairs", "2", "--grid-size", "32",
-        "--structure-grid", "16", "--device", "cpu", "--threads", "1",
+        "--structure-grid", "16", "--device", "cpu", "--threads", "1", "--color-match",
     ])
     assert all((out / name).is_file() for name in OUTPUT_FILES)
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["masks"].endswith("masks")  # images/ + masks/ found from --data
     names = [m["name"] for m in results["methods"]]
-    assert names == ["coat n=0", "coat n=10", "latent-swap", "warp", "color-transfer", "content", "style"]
+    assert names == ["coat n=0", "coat n=10", "latent-swap", "warp", "color-transfer", "content", "style",
+                     "coat n=0 + color match", "coat n=10 + color match"]
     for method in results["methods"]:
         assert len(method["transfer"]["swd_lab"]["values"]) == 2
         assert len(method["reconstruction"]["psnr"]["values"]) == 1
@@ -268,7 +268,7 @@ def test_cli_writes_all_outputs(photo_folder, tiny_model, tmp_path):
     assert "| coat n=10 |" in (out / "results.md").read_text()
     assert results["machine"]["torch_threads"] == 1 and torch.get_num_threads() == threads  # restored
     with Image.open(out / "grid.png") as grid:
-        assert grid.size == (7 * SIZE, 3 * SIZE)  # header + 2 pairs; content, style and 5 methods
+        assert grid.size == (9 * SIZE, 3 * SIZE)  # header + 2 pairs; content, style and 7 methods
 
 
 def test_cli_defaults_to_the_bundled_model_and_reads_class_folders(tmp_path):

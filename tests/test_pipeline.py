@@ -513,3 +513,20 @@ def test_alignment_rule_is_chosen_per_call(pipe, images):
     assert np.array_equal(default, results[pipe.model.config.alignment])
     with pytest.raises(ValueError, match="alignment must be one of"):
         pipe(images["content"], images["style"], alignment="closest")
+
+
+def test_color_match_gives_the_result_the_styles_colours(pipe, images):
+    from coat_hf.color import rgb_to_lab
+
+    def lab_mean(image: PIL.Image.Image) -> torch.Tensor:
+        return rgb_to_lab(torch.from_numpy(pixels(image)).permute(2, 0, 1)[None].float() / 255).mean(dim=(2, 3))
+
+    size = pipe.model.config.image_size
+    style = PIL.Image.open(images["style"]).convert("RGB").resize((size, size))
+    plain = pipe(images["content"], style, n=0, seed=1, output_size="model")["image"]
+    matched = pipe(images["content"], style, n=0, seed=1, output_size="model", color_match=True)["image"]
+    assert (lab_mean(matched) - lab_mean(style)).norm() < 0.5 * (lab_mean(plain) - lab_mean(style)).norm()
+    assert np.array_equal(pixels(plain), pixels(pipe(images["content"], style, n=0, seed=1, output_size="model",
+                                                      color_match=False)["image"]))
+    with pytest.raises(ValueError, match="color_match must be True or False, got 'yes'"):
+        pipe(images["content"], style, color_match="yes")

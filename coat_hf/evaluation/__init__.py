@@ -3,7 +3,7 @@
 ``python -m coat_hf.evaluation --data DIR --out DIR [--model NAME|PATH] [--masks DIR]``.
 """
 
-from .methods import ColorTransfer, COATTransfer, FeatureWarp, InputImage, TransferMethod, build_methods
+from .methods import ColorMatched, ColorTransfer, COATTransfer, FeatureWarp, InputImage, TransferMethod, build_methods
 from .metrics import (
     TransferMetrics,
     VGGHypercolumns,
@@ -16,6 +16,7 @@ from .runner import EvaluationConfig, evaluate, run_evaluation
 
 __all__ = [
     "COATTransfer",
+    "ColorMatched",
     "ColorTransfer",
     "EvaluationConfig",
     "FeatureWarp",

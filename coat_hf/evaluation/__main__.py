@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> EvaluationConfig:
                         help="scale of E whose features the warp matches (0 = finest)")
     parser.add_argument("--alignment", help="alignment rule of the COAT sweep: mutual, nearest or soft (default: the "
                         "model's own)")
+    parser.add_argument("--color-match", action="store_true",
+                        help="also the COAT sweep with the style's colours matched afterwards (Reinhard in Lab, the "
+                        "pipeline's color_match=True): rows 'coat n=... + color match'")
     parser.add_argument("--grid-pairs", type=int, default=defaults.grid_pairs, help="pairs shown in grid.png")
     parser.add_argument("--grid-size", type=int, default=defaults.grid_size, help="VGG hypercolumn grid side")
     parser.add_argument("--structure-grid", type=int, default=defaults.structure_grid,

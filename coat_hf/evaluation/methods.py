@@ -11,6 +11,8 @@ adding a method is one subclass of :class:`TransferMethod`. ``family`` groups me
   (s x s pixels, s = S / map size) is copied there: ``pixel_unshuffle`` -> gather -> ``pixel_shuffle``.
 * ``color-transfer``: Reinhard et al. (2001) in Lab: ``out = (x − μ_content) σ_style / σ_content + μ_style``
   per channel, statistics over the whole image.
+* ``coat n=… + color match`` (``--color-match``): COAT's result with the style's Lab statistics, Reinhard's transfer
+  applied to it (the pipeline's ``color_match=True``).
 * ``content`` / ``style``: the inputs themselves, the two ends of the trade-off.
 """
 
@@ -22,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..color import match_color
 from ..correspondence import find_correspondence
 from ..modeling_coat import COATModel
-from .color import lab_to_rgb, rgb_to_lab
 
 
 class TransferMethod(ABC):
@@ -97,11 +99,20 @@ class ColorTransfer(TransferMethod):
     name = family = "color-transfer"
 
     def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        content_lab, style_lab = rgb_to_lab((content + 1) / 2), rgb_to_lab((style + 1) / 2)
-        mean_c, std_c = content_lab.mean(dim=(2, 3), keepdim=True), content_lab.std(dim=(2, 3), keepdim=True)
-        mean_s, std_s = style_lab.mean(dim=(2, 3), keepdim=True), style_lab.std(dim=(2, 3), keepdim=True)
-        lab = (content_lab - mean_c) * std_s / std_c.clamp_min(1e-6) + mean_s
-        return lab_to_rgb(lab).clamp(0, 1) * 2 - 1
+        return match_color(content, style)
+
+
+class ColorMatched(TransferMethod):
+    """A COAT result given the style's Lab statistics afterwards (``match_color``), as ``color_match=True`` does."""
+
+    family = "coat + color match"
+
+    def __init__(self, coat: COATTransfer) -> None:
+        self.coat, self.n = coat, coat.n
+        self.name = f"{coat.name} + color match"
+
+    def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return match_color(self.coat(content, style, generator), style)
 
 
 def default_n_values(model: COATModel) -> list[int]:
@@ -111,20 +122,23 @@ def default_n_values(model: COATModel) -> list[int]:
 
 def build_methods(
     model: COATModel, n_values: list[int] | None = None, swap_n: int | None = None, warp_scale: int = 1,
-    alignment: str | None = None,
+    alignment: str | None = None, color_match: bool = False,
 ) -> list[TransferMethod]:
     """Every compared method: the COAT sweep (with the ``alignment`` rule, default the model's), latent-swap,
-    warp, color-transfer, content and style."""
+    warp, color-transfer, content and style; with ``color_match``, the sweep again with the style's colours matched
+    afterwards."""
     n_values = default_n_values(model) if n_values is None else n_values
     k = model.num_modulation_layers
     bad = [n for n in n_values if not 0 <= n <= k]
     if bad or not n_values:
         raise ValueError(f"n_values must be a non-empty list of integers in [0, {k}], got {n_values}")
+    sweep = [COATTransfer(model, n, alignment=alignment) for n in n_values]
     return [
-        *(COATTransfer(model, n, alignment=alignment) for n in n_values),
+        *sweep,
         COATTransfer(model, swap_n, use_alignment=False),
         FeatureWarp(model, warp_scale),
         ColorTransfer(),
         InputImage("content"),
         InputImage("style"),
+        *(ColorMatched(coat) for coat in sweep if color_match),
     ]

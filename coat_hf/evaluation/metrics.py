@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..correspondence import cosine_similarity
 from ..lpips_weights import VGG16_RELUS, imagenet_normalize, load_lpips, load_vgg16_features
-from .color import rgb_to_lab
+from ..color import rgb_to_lab
 
 HYPERCOLUMN_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 

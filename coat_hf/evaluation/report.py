@@ -92,26 +92,36 @@ def _label_curve(ax: Any, xs: list[float], ys: list[float], labels: list[str]) -
         placed.append(pixels[i])
 
 
+SWEEP_STYLES = (("coat", "-"), ("coat + color match", "--"))
+"""The method families drawn as curves over n, and their line styles."""
+
+
 def plot_tradeoff(results: dict[str, Any], path: Path) -> Figure:
     """Structure distance against each appearance distance: COAT as a curve over n (points coloured by n, labels
-    thinned where they would overlap), other methods as points. Saves the figure to ``path`` and returns it."""
+    thinned where they would overlap; the colour-matched sweep, when evaluated, as a dashed curve), other methods as
+    points. Saves the figure to ``path`` and returns it."""
     from matplotlib.figure import Figure  # the [eval] extra
 
     figure = Figure(figsize=(11, 4.5), layout="constrained", dpi=120)
     axes = figure.subplots(1, 2)
     methods = results["methods"]
-    coat = sorted((m for m in methods if m["family"] == "coat"), key=lambda m: m["n"])
+    sweeps = {family: sorted((m for m in methods if m["family"] == family), key=lambda m: m["n"])
+              for family, _ in SWEEP_STYLES}
+    coat = sweeps["coat"]
     curves = []
     for ax, (key, title, _) in zip(axes, TRANSFER_COLUMNS[1:]):
-        if coat:
-            xs = [m["transfer"]["structure_distance"]["mean"] for m in coat]
-            ys = [m["transfer"][key]["mean"] for m in coat]
-            ax.plot(xs, ys, "-", color="black", lw=1, label="coat (over n)", zorder=1)
-            dots = ax.scatter(xs, ys, c=[m["n"] for m in coat], cmap="viridis", s=30, zorder=2, edgecolors="black",
-                              linewidths=0.5)
-            curves.append((ax, xs, ys))
+        for family, line in SWEEP_STYLES:
+            if not sweeps[family]:
+                continue
+            xs = [m["transfer"]["structure_distance"]["mean"] for m in sweeps[family]]
+            ys = [m["transfer"][key]["mean"] for m in sweeps[family]]
+            ax.plot(xs, ys, line, color="black", lw=1, label=f"{family} (over n)", zorder=1)
+            dots = ax.scatter(xs, ys, c=[m["n"] for m in sweeps[family]], cmap="viridis", s=30, zorder=2,
+                              edgecolors="black", linewidths=0.5)
+            if family == "coat":
+                curves.append((ax, xs, ys))
         for m in methods:
-            if m["family"] == "coat":
+            if m["family"] in sweeps:
                 continue
             x, y = m["transfer"]["structure_distance"]["mean"], m["transfer"][key]["mean"]
             ax.plot([x], [y], "s", label=m["name"])
@@ -119,7 +129,7 @@ def plot_tradeoff(results: dict[str, Any], path: Path) -> Figure:
         ax.set_ylabel(f"{title.removesuffix(' ↓')} to style ↓")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    if coat:
+    if any(sweeps.values()):
         figure.colorbar(dots, ax=axes, label="coat's n (0 = most style)", shrink=0.8)
     figure.suptitle(f"Structure kept vs appearance taken ({len(results['pairs'])} pairs)")
     figure.draw_without_rendering()  # final axes limits and layout, so label spacing is measured as saved

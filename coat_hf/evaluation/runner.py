@@ -43,6 +43,7 @@ class EvaluationConfig:
     swap_n: int | None = None  # None: the model's default_n
     warp_scale: int = 1
     alignment: str | None = None  # the COAT sweep's alignment rule; None: the model's own
+    color_match: bool = False  # also the sweep with the style's colours matched afterwards (``+ color match`` rows)
     grid_pairs: int = 4
     grid_size: int = 64
     structure_grid: int = 32
@@ -179,7 +180,8 @@ def _run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     pairs = sample_pairs(images, config.num_pairs, config.seed)
     reconstruction_images = sample_images(images, min(config.num_reconstruction, len(images)), config.seed)
     model = _load_model(config.model).to(config.device).eval()
-    methods = build_methods(model, config.n_values, config.swap_n, config.warp_scale, config.alignment)
+    methods = build_methods(model, config.n_values, config.swap_n, config.warp_scale, config.alignment,
+                            config.color_match)
     metrics = TransferMetrics(
         grid_size=config.grid_size, structure_grid=config.structure_grid,
         num_projections=config.num_projections, lab_projections=config.lab_projections, seed=config.seed,

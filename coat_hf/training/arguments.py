@@ -21,6 +21,9 @@ from ..configuration_coat import COATConfig
 from .data import DataOptions
 from .objective import ObjectiveConfig
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes ``--compile_mode`` accepts."""
+
 
 @dataclass
 class TrainingArguments:
@@ -63,8 +66,7 @@ class TrainingArguments:
         "help": "networks (E, E_mod, D and the frozen LPIPS network, each on its own) or objective (the whole loss, "
                 "forward and backward, as one graph: fusion across networks, fewer kernel launches)."})
     compile_mode: str = field(default="default", metadata={
-        "help": "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune or "
-                "max-autotune-no-cudagraphs."})
+        "help": f"torch.compile mode, one of {', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs)."})
     ema_decay: float = field(default=0.999, metadata={"help": "Decay of the exported EMA weights."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial weights and of the sample schedule."})
     torch_threads: int = field(default=0, metadata={"help": "CPU threads per process (0: cores / processes)."})
@@ -96,7 +98,7 @@ class TrainingArguments:
         choices = {"train_modules": ("all", "encoders"), "mixed_precision": ("no", "fp16", "bf16"),
                    "export_dtype": ("float32", "float16", "bfloat16"), "report_to": ("tensorboard", "none"),
                    "compile_scope": ("networks", "objective"),
-                   "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
+                   "compile_mode": COMPILE_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")

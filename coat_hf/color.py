@@ -1,4 +1,5 @@
-"""sRGB <-> CIE Lab (D65 white, 2° observer) on tensors, for colour transfer and colour metrics.
+"""sRGB <-> CIE Lab (D65 white, 2° observer) on tensors, and Reinhard colour transfer in Lab, for the pipeline's
+``color_match`` option, the evaluation's colour metrics and its ``color-transfer`` baseline.
 
 Forward: undo the sRGB gamma, ``XYZ = M · rgb_linear`` (the sRGB primaries' matrix), divide by the
 D65 white point, then ``L = 116 f(Y) − 16``, ``a = 500 (f(X) − f(Y))``, ``b = 200 (f(Y) − f(Z))`` with
@@ -50,3 +51,20 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
     return torch.where(
         linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(1e-12).pow(1.0 / 2.4) - 0.055
     )
+
+
+def match_color(image: Tensor, reference: Tensor) -> Tensor:
+    """Reinhard et al. (2001) colour transfer: ``out = (x − μ_image) σ_reference / σ_image + μ_reference`` per Lab
+    channel, statistics over the whole image.
+
+    image, reference: (B, 3, H, W) in [-1, 1] (sizes may differ) -> (B, 3, H, W) in [-1, 1], computed in float32.
+    """
+    _check_image(image, "image")
+    _check_image(reference, "reference")
+    if image.shape[0] != reference.shape[0]:
+        raise ValueError(f"image and reference need the same batch size, got {image.shape[0]} and {reference.shape[0]}")
+    image_lab, reference_lab = rgb_to_lab((image.float() + 1) / 2), rgb_to_lab((reference.float() + 1) / 2)
+    mean_i, std_i = image_lab.mean(dim=(2, 3), keepdim=True), image_lab.std(dim=(2, 3), keepdim=True)
+    mean_r, std_r = reference_lab.mean(dim=(2, 3), keepdim=True), reference_lab.std(dim=(2, 3), keepdim=True)
+    lab = (image_lab - mean_i) * std_r / std_i.clamp_min(1e-6) + mean_r
+    return (lab_to_rgb(lab).clamp(0, 1) * 2 - 1).to(image.dtype)
