@@ -2,6 +2,7 @@
 inside installed packages) through the pipeline, as a user would, for the README:
 
     python docs/make_examples.py            # every bundled model with examples -> docs/examples-<name>.png
+    python docs/make_examples.py --models coat-celeba-128 --n 0 6 12 --color-match   # -> ...-color-match.png
 
 One row per pair: content, style, then the result at n = 0 (the most style) ... K (the content's own vectors).
 """
@@ -24,9 +25,9 @@ CELL = 128
 CAPTION = 18
 
 
-def render(name: str, n_values: list[int] | None = None, seed: int = 0) -> PIL.Image.Image:
+def render(name: str, n_values: list[int] | None = None, seed: int = 0, color_match: bool = False) -> PIL.Image.Image:
     """The figure of model ``name``: its example pairs (rows) by content, style and each n (columns; default five
-    steps from 0 to K)."""
+    steps from 0 to K), with the pipeline's ``color_match``."""
     pipe = pipeline(TASK, model=resolve_model(name))
     k = pipe.model.config.num_modulation_layers
     n_values = n_values or [round(i * k / 4) for i in range(5)]
@@ -39,7 +40,8 @@ def render(name: str, n_values: list[int] | None = None, seed: int = 0) -> PIL.I
     for row, (content, style) in enumerate(pairs):
         content_image, style_image = content.load(), style.load()
         cells = [content_image, style_image]
-        cells += [pipe(content_image, style_image, n=n, seed=seed)["image"] for n in n_values]
+        cells += [pipe(content_image, style_image, n=n, seed=seed, color_match=color_match)["image"]
+                  for n in n_values]
         for col, image in enumerate(cells):
             figure.paste(ImageOps.fit(image, (CELL, CELL), PIL.Image.Resampling.LANCZOS),
                          (col * CELL, CAPTION + row * CELL))
@@ -51,11 +53,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+",
                         default=[m for m in available_models() if model_examples(m) and not is_untrained(m)])
     parser.add_argument("--n", type=int, nargs="+", help="the n of each result column (default: 0 to K in 4 steps)")
+    parser.add_argument("--color-match", action="store_true", help="the pipeline's color_match=True")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent))
     args = parser.parse_args()
     for name in args.models:
-        path = Path(args.out) / f"examples-{name}.png"
-        render(name, args.n).save(path)
+        path = Path(args.out) / f"examples-{name}{'-color-match' if args.color_match else ''}.png"
+        render(name, args.n, color_match=args.color_match).save(path)
         print(f"wrote {path}")
 
 
