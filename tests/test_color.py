@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_shape_image
+from conftest import make_shape_image, to_pixel_values
 
 from coat_hf.color import lab_to_rgb, match_color, rgb_to_lab
-from coat_hf.image_processing_coat import COATImageProcessor
 
 
 def test_lab_known_values_and_round_trip():
@@ -23,8 +22,7 @@ def test_lab_known_values_and_round_trip():
 
 def shapes(size: int, *seeds: int) -> torch.Tensor:
     """Synthetic photos as (B, 3, size, size) in [-1, 1], scaled away from the gamut's edges."""
-    processor = COATImageProcessor(size={"height": size, "width": size})
-    return processor([make_shape_image(size, seed) for seed in seeds], return_tensors="pt")["pixel_values"] * 0.3
+    return torch.cat([to_pixel_values(make_shape_image(size, seed)) for seed in seeds]) * 0.3
 
 
 def test_match_color_gives_the_reference_lab_statistics():

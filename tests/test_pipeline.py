@@ -19,7 +19,7 @@ import PIL.Image
 import PIL.ImageFile
 import pytest
 import torch
-from conftest import make_shape_image
+from conftest import make_shape_image, to_pixel_values
 from transformers import pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -519,7 +519,7 @@ def test_color_match_gives_the_result_the_styles_colours(pipe, images):
     from coat_hf.color import rgb_to_lab
 
     def lab_mean(image: PIL.Image.Image) -> torch.Tensor:
-        return rgb_to_lab(torch.from_numpy(pixels(image)).permute(2, 0, 1)[None].float() / 255).mean(dim=(2, 3))
+        return rgb_to_lab((to_pixel_values(image) + 1) / 2).mean(dim=(2, 3))
 
     size = pipe.model.config.image_size
     style = PIL.Image.open(images["style"]).convert("RGB").resize((size, size))
