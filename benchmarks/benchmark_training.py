@@ -77,7 +77,7 @@ def profile_steps(trainer, first_step: int, steps: int, path: Path) -> dict:
     summary = {"profiled_wall_ms_per_step": 1e3 * wall, "device_busy_ms_per_step": 1e3 * busy,
                "kernels_per_step": len(kernels) / steps}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary) + "\n" + events.table(sort_by=sort, row_limit=40, max_name_column_width=60))
+    path.write_text(json.dumps(summary) + "\n" + events.table(sort_by=sort, row_limit=60, max_name_column_width=90))
     return summary
 
 

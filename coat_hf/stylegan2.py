@@ -26,22 +26,27 @@ def make_kernel(taps: Sequence[float]) -> Tensor:
     return k / k.sum()
 
 
-def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
-    """Upsample by zero insertion, pad, filter with ``kernel`` (true convolution), downsample.
+def upfirdn2d(x: Tensor, taps: Sequence[float], up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0),
+              gain: float = 1.0) -> Tensor:
+    """Upsample by zero insertion, pad, filter, downsample: NVIDIA's ``upfirdn2d`` reference op with the
+    separable kernel ``make_kernel(taps) * gain`` (a true convolution).
 
-    x: (B, C, H, W); kernel: (kh, kw). Same semantics as NVIDIA's ``upfirdn2d`` reference op.
+    x: (B, C, H, W). The filter runs one axis at a time as a weighted sum of shifted views, the taps as
+    constants: elementwise work that ``torch.compile`` fuses with its neighbours, where a depthwise convolution
+    (cuDNN's grouped direct kernel and its data gradient) took 23% of a compiled training step on an H100.
     """
-    b, c, h, w = x.shape
-    if up > 1:
-        x = x.reshape(b, c, h, 1, w, 1)
-        x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
-        x = x.reshape(b, c, h * up, w * up)
-    p0, p1 = pad
-    x = F.pad(x, (max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)))
-    x = x[:, :, max(-p0, 0) : x.shape[2] - max(-p1, 0), max(-p0, 0) : x.shape[3] - max(-p1, 0)]
-    weight = torch.flip(kernel, (0, 1)).to(x)[None, None].expand(c, 1, *kernel.shape)
-    x = F.conv2d(x, weight, groups=c)
-    return x[:, :, ::down, ::down] if down > 1 else x
+    weights = [t / sum(taps) * math.sqrt(gain) for t in reversed(taps)]  # per axis; reversed: a true convolution
+    return _upfirdn1d(_upfirdn1d(x, weights, up, down, pad, dim=3), weights, up, down, pad, dim=2)
+
+
+def _upfirdn1d(x: Tensor, weights: list[float], up: int, down: int, pad: tuple[int, int], dim: int) -> Tensor:
+    """:func:`upfirdn2d` along one axis ``dim`` of x (B, C, H, W), as a correlation with ``weights``."""
+    if up > 1:  # each sample followed by up - 1 zeros
+        x = torch.stack([x, *[torch.zeros_like(x)] * (up - 1)], dim=dim + 1).flatten(dim, dim + 1)
+    x = F.pad(x, pad if dim == 3 else (0, 0, *pad))  # negative padding crops
+    length = x.shape[dim] - len(weights) + 1
+    out = sum(w * x.narrow(dim, k, length) for k, w in enumerate(weights))
+    return out[(slice(None),) * dim + (slice(None, None, down),)] if down > 1 else out
 
 
 def fused_leaky_relu(x: Tensor, bias: Tensor, negative_slope: float = 0.2, scale: float = math.sqrt(2)) -> Tensor:
@@ -65,7 +70,12 @@ class FusedLeakyReLU(nn.Module):
 
 
 class Blur(nn.Module):
-    """Low-pass FIR filter applied after a transposed convolution (anti-aliasing)."""
+    """Low-pass FIR filter applied after a transposed convolution (anti-aliasing).
+
+    The 2-D filter ``make_kernel(taps) * upsample_factor**2`` is kept as the buffer ``kernel`` under
+    rosinality's name, so state dicts and imported generators line up (the importer checks an imported filter
+    equals it); ``forward`` applies the same filter from ``taps``, as constants.
+    """
 
     def __init__(self, taps: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
         super().__init__()
@@ -81,7 +91,7 @@ class Blur(nn.Module):
         self.kernel.copy_(self._make())
 
     def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel, pad=self.pad)
+        return upfirdn2d(x, self.taps, pad=self.pad, gain=self.upsample_factor**2)
 
 
 class Upsample(Blur):
@@ -92,7 +102,7 @@ class Upsample(Blur):
         super().__init__(taps, pad=((p + 1) // 2 + factor - 1, p // 2), upsample_factor=factor)
 
     def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel, up=self.upsample_factor, pad=self.pad)
+        return upfirdn2d(x, self.taps, up=self.upsample_factor, pad=self.pad, gain=self.upsample_factor**2)
 
 
 class EqualLinear(nn.Module):

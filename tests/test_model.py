@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel
 from coat_hf import COATConfig, COATModel
 from coat_hf.configuration_coat import default_style_scales
 from coat_hf.correspondence import align_features
+from coat_hf.encoders import upsample_bilinear_2x
 from coat_hf.lpips_weights import VGG16_RELUS, imagenet_normalize, load_vgg16_features
 from coat_hf.modeling_coat import mix_latents
 from coat_hf.stylegan2 import Upsample, make_kernel, upfirdn2d
@@ -224,7 +225,36 @@ def test_upfirdn2d_against_direct_convolution():
         for j in range(10):
             ref[..., i, j] = (padded[..., i : i + 4, j : j + 4] * k.flip(0, 1)).sum((-1, -2))
     torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(upfirdn2d(x, torch.ones(1, 1)), x)
+    torch.testing.assert_close(upfirdn2d(x, [1.0]), x)
+
+
+def _upfirdn2d_by_grouped_convolution(x, kernel, up, down, pad):
+    """The reference op's definition: zero insertion, padding (negative crops), a depthwise true convolution."""
+    b, c, h, w = x.shape
+    zero_inserted = x.new_zeros(b, c, h * up, w * up)
+    zero_inserted[..., ::up, ::up] = x
+    padded = torch.nn.functional.pad(zero_inserted, (pad[0], pad[1], pad[0], pad[1]))
+    weight = kernel.flip(0, 1)[None, None].expand(c, 1, *kernel.shape)
+    return torch.nn.functional.conv2d(padded, weight, groups=c)[..., ::down, ::down]
+
+
+@pytest.mark.parametrize("taps", [[1, 3, 3, 1], [1, 2, 1], [1]])
+@pytest.mark.parametrize(("up", "down", "pad"), [(1, 1, (2, 1)), (2, 1, (2, 1)), (1, 2, (1, 1)), (1, 1, (-1, 2)),
+                                                 (2, 2, (1, 0))])
+def test_upfirdn2d_equals_the_grouped_convolution(taps, up, down, pad):
+    """The shifted-sum filter (separable, the taps as constants) equals the depthwise convolution it replaced,
+    on a non-square channels-last input."""
+    x = torch.randn(2, 3, 7, 10).to(memory_format=torch.channels_last)
+    expected = _upfirdn2d_by_grouped_convolution(x, make_kernel(taps) * 4, up, down, pad)
+    torch.testing.assert_close(upfirdn2d(x, taps, up, down, pad, gain=4), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 3, 2, 5), (1, 4, 8, 8)])
+def test_upsample_bilinear_2x_equals_interpolate(shape):
+    x = torch.randn(shape)
+    expected = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upsample_bilinear_2x(x), expected)
+    torch.testing.assert_close(upsample_bilinear_2x(x.to(memory_format=torch.channels_last)), expected)
 
 
 @pytest.mark.parametrize("alignment", ["mutual", "nearest", "soft"])

@@ -7,11 +7,12 @@
 # FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
 # from those weights (--init_from); a missing .gl/faces, .gl/cats or .gl/horses skips that model (the horse model
 # starts from the bundled cat model's weights, which must then travel).
-# BENCH: "engine" (default: the CUDA tests, then the step at batch $BATCH, eager and compiled as
-# ENGINE_VARIANTS lists, scope:mode pairs, by default objective, then objective with CUDA graphs; each up to
-# ENGINE_S=240 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
+# BENCH: "engine" (default: the CUDA tests unless CUDA_TESTS=0, then the step at batch $BATCH as ENGINE_VARIANTS
+# lists: "eager" or scope:mode pairs, by default eager, the objective compiled, then with CUDA graphs; each up to
+# ENGINE_S=330 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
 # e.g. a second call on the warm machine); every benchmark row also profiles 3 steps. Training runs when at least a
-# minute is left (TRAIN=0: never); FACE_ARGS / CAT_ARGS / HORSE_ARGS add training arguments.
+# minute is left (TRAIN=0: never), for the models MODELS lists (default "face cat horse"); FACE_ARGS / CAT_ARGS /
+# HORSE_ARGS add training arguments (the last of a repeated one wins, e.g. --max_minutes).
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 save_file({k: v.float() for k, v in load_file('.gl/lpips/alexnet.fp16.safetensors').items()}, '.gl/cache/lpips/alexnet.safetensors')"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> $RES/session.log
 BENCH=${BENCH:-engine}
-if [ "$BENCH" != none ]; then
+if [ "$BENCH" != none ] && [ "${CUDA_TESTS:-1}" = 1 ]; then
   timeout 75 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py \
     tests/test_correspondence.py::test_cuda_search_equals_the_cpu_search > $RES/cuda_test.log 2>&1
   log "cuda test: $(tail -1 $RES/cuda_test.log)"
@@ -34,7 +35,7 @@ fi
 if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the face photos
   bench() {  # label batch [training arguments]: one benchmark row, up to ENGINE_S seconds
     local label=$1 batch=$2 seconds=$(( LIMIT - $(elapsed) - 15 )); shift 2
-    [ $seconds -gt ${ENGINE_S:-240} ] && seconds=${ENGINE_S:-240}
+    [ $seconds -gt ${ENGINE_S:-330} ] && seconds=${ENGINE_S:-330}
     [ $seconds -lt 60 ] && { log "$label, batch $batch: skipped, under a minute left"; return; }
     timeout $seconds python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
       --data_dir .gl/faces --holdout_last $HOLDOUT --out $RES/benchmark.json --steps 20 --warmup 3 \
@@ -44,15 +45,15 @@ if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the fa
     log "$label, batch $batch: ${row:-$(tail -1 $RES/benchmark-$label-b$batch.log)}"
   }
   HOLDOUT=$(( $(ls .gl/faces | wc -l) - 1000 ))
-  bench eager $BATCH --compile false
-  for variant in ${ENGINE_VARIANTS:-objective:default objective:reduce-overhead}; do
-    bench ${variant/:/-} $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:}
+  for variant in ${ENGINE_VARIANTS:-eager objective:default objective:reduce-overhead}; do
+    if [ $variant = eager ]; then bench eager $BATCH --compile false
+    else bench ${variant/:/-} $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:}; fi
   done
   best=$(python -c "
 import json; rows = json.load(open('$RES/benchmark.json'))
 best = max(rows, key=lambda r: r['images_per_s'])
 print(f\"{best['compile_scope']}:{best['compile_mode']}\" if best['compile'] else 'eager')" 2>/dev/null)
-  if [ -n "$best" ] && [ $(( LIMIT - $(elapsed) )) -gt ${ENGINE_S:-240} ]; then  # the large-batch recipe's step
+  if [ -n "$best" ] && [ $BATCH != 128 ] && [ $(( LIMIT - $(elapsed) )) -gt ${ENGINE_S:-330} ]; then  # the large-batch recipe's step
     if [ "$best" = eager ]; then bench eager 128 --compile false
     else bench ${best/:/-} 128 --compile true --compile_scope ${best%%:*} --compile_mode ${best##*:}; fi
   fi
@@ -70,11 +71,12 @@ train() {  # name config data output_dir [extra arguments]: compiled as the GPU 
 }
 if [ "${TRAIN:-1}" = 1 ] && python -c "import sys; sys.exit($(minutes_left) < 1)"; then
   log "training for $(minutes_left) minutes at batch $BATCH"
-  [ -d .gl/faces ] && train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face \
+  MODELS=" ${MODELS:-face cat horse} "
+  [ -d .gl/faces ] && [[ $MODELS == *" face "* ]] && train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face \
     ${FACE_INIT:+--init_from $FACE_INIT} ${FACE_ARGS:-} &
-  [ -d .gl/cats ] && train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat \
+  [ -d .gl/cats ] && [[ $MODELS == *" cat "* ]] && train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat \
     ${CAT_INIT:+--init_from $CAT_INIT} ${CAT_ARGS:-} &
-  [ -d .gl/horses ] && train horse training/configs/coat-horses-128-gpu.yaml .gl/horses $RES/horse \
+  [ -d .gl/horses ] && [[ $MODELS == *" horse "* ]] && train horse training/configs/coat-horses-128-gpu.yaml .gl/horses $RES/horse \
     ${HORSE_ARGS:-} &
   wait
   log "trainings done: $(grep -h 'spent at step\|exported' $RES/*.log | tr '\n' ' ')"
