@@ -35,7 +35,8 @@ def upfirdn2d(x: Tensor, taps: Sequence[float], up: int = 1, down: int = 1, pad:
     constants: elementwise work that ``torch.compile`` fuses with its neighbours, where a depthwise convolution
     (cuDNN's grouped direct kernel and its data gradient) took 23% of a compiled training step on an H100.
     """
-    weights = [t / sum(taps) * math.sqrt(gain) for t in reversed(taps)]  # per axis; reversed: a true convolution
+    scale = math.sqrt(gain) / sum(taps)  # per axis: the two axes' product is the kernel's gain
+    weights = [t * scale for t in reversed(taps)]  # reversed: a true convolution
     return _upfirdn1d(_upfirdn1d(x, weights, up, down, pad, dim=3), weights, up, down, pad, dim=2)
 
 

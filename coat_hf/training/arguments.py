@@ -162,10 +162,10 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ValueError(f"--config {str(path)!r}: unknown keys {unknown}")
     if "extends" not in values:
         return values
-    base = path.parent / str(values.pop("extends"))
-    if base.resolve() in _seen or base.resolve() == path.resolve():
+    base, seen = path.parent / str(values.pop("extends")), (*_seen, path.resolve())
+    if base.resolve() in seen:
         raise ValueError(f"--config {str(path)!r}: 'extends' makes a cycle through {str(base)!r}")
-    return {**load_yaml(base, (*_seen, path.resolve())), **values}
+    return {**load_yaml(base, seen), **values}
 
 
 def parse_arguments(argv: list[str] | None = None) -> RunConfig:
