@@ -131,7 +131,8 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
         "gflop_per_image": flops_per_step / global_batch / 1e9, "achieved_tflops": achieved,
         "matmul_tflops": rate, "matmul_dtype": "bfloat16" if bf16 else "float32",
         "fraction_of_matmul_rate": achieved / (rate * acc.num_processes),  # each process has its own cores / GPU
-        "train_alignment": config.objective.train_alignment, **profiled,
+        "train_alignment": config.objective.train_alignment,
+        "batch_branches": config.objective.branches_batched(device), **profiled,
     }
 
 

@@ -161,7 +161,7 @@ def test_batched_ccl_equals_the_per_image_loss(tiny_model, image_pair):
         f1, f2 = tiny_model.encoder(content), tiny_model.encoder(style)
         _, matches = tiny_model.align(f1, f2)
         out = tiny_model.encoder(style.flip(-1))
-        batched = objective.contrastive_loss(out, f1, matches, None, keys)
+        batched = objective.contrastive_loss(out, f1, [m.mutual for m in matches], None, keys)
         per_scale = []
         for scale in range(len(f1)):
             index, valid = objective._sample_positions(matches[scale].mutual, None, keys, scale)
@@ -207,16 +207,40 @@ def test_objective_matches_on_vgg16_maps_when_configured(image_pair, monkeypatch
     assert not any("vgg" in name or "features." in name for name in objective.state_dict())
 
 
-def test_the_objective_traces_as_one_graph(image_pair):
+@pytest.mark.parametrize("batch_branches", [False, True])
+def test_the_objective_traces_as_one_graph(image_pair, batch_branches):
     """The whole training objective (both alignments with their blocked searches, L_CCL, the pseudo-exemplar pairs,
     style mixing) is one graph for ``torch.compile``: no graph break, so a compiled step can fuse across networks."""
     model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True))
     objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, transfer_weight=1.0, style_mixing_prob=0.9,
-                                                             train_alignment="mutual"))
+                                                             train_alignment="mutual", batch_branches=batch_branches))
     content, style = image_pair
     explanation = torch._dynamo.explain(objective)(content, style, sample_keys(0, torch.arange(2)), None)
     torch._dynamo.reset()
     assert explanation.graph_break_count == 0, [b.reason.splitlines()[0] for b in explanation.break_reasons]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked):
+    """``batch_branches`` (the default on accelerators) gives each network one call on the branches' concatenated
+    batches: the losses and gradients of one call per branch (the default on CPUs)."""
+    torch.manual_seed(0)
+    model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True))
+    content, style = image_pair
+    mask = (torch.rand(2, 1, *content.shape[-2:]) > 0.3).float() if masked else None
+    runs = []
+    for batch_branches in (False, True):
+        objective = COATTrainingObjective(model, ObjectiveConfig(
+            lambda_lpips=0, transfer_weight=1.0, style_mixing_prob=0.9, train_alignment="mutual",
+            batch_branches=batch_branches))
+        model.zero_grad()
+        out = objective(content, style, sample_keys(0, torch.arange(2)), mask)
+        out["loss"].backward()
+        runs.append((out, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    (one_by_one, gradient), (batched, batched_gradient) = runs
+    for name in ("loss", "rec", "reg", "ccl", "transfer"):
+        torch.testing.assert_close(batched[name], one_by_one[name], atol=1e-5, rtol=1e-5)
+    assert (batched_gradient - gradient).norm() <= 1e-4 * gradient.norm()
 
 
 def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():

@@ -8,7 +8,8 @@
 # from those weights (--init_from); a missing .gl/faces, .gl/cats or .gl/horses skips that model (the horse model
 # starts from the bundled cat model's weights, which must then travel).
 # BENCH: "engine" (default: the CUDA tests unless CUDA_TESTS=0, then the step at batch $BATCH as ENGINE_VARIANTS
-# lists: "eager" or scope:mode pairs, by default eager, the objective compiled, then with CUDA graphs; each up to
+# lists: "eager" or scope:mode pairs, each optionally followed by /key=value training flags, e.g.
+# "objective:default/batch_branches=false"; by default eager, the objective compiled, then with CUDA graphs; each up to
 # ENGINE_S=330 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
 # e.g. a second call on the warm machine); every benchmark row also profiles 3 steps. Training runs when at least a
 # minute is left (TRAIN=0: never), for the models MODELS lists (default "face cat horse"); FACE_ARGS / CAT_ARGS /
@@ -45,9 +46,12 @@ if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the fa
     log "$label, batch $batch: ${row:-$(tail -1 $RES/benchmark-$label-b$batch.log)}"
   }
   HOLDOUT=$(( $(ls .gl/faces | wc -l) - 1000 ))
-  for variant in ${ENGINE_VARIANTS:-eager objective:default objective:reduce-overhead}; do
-    if [ $variant = eager ]; then bench eager $BATCH --compile false
-    else bench ${variant/:/-} $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:}; fi
+  for entry in ${ENGINE_VARIANTS:-eager objective:default objective:reduce-overhead}; do
+    variant=${entry%%/*} flags=()  # "/key=value" suffixes become training flags: eager/batch_branches=false
+    [ "$entry" != "$variant" ] && for pair in $(tr / ' ' <<< "${entry#*/}"); do flags+=(--${pair%%=*} ${pair#*=}); done
+    label=$(sed 's/[:/=]/-/g' <<< "$entry")
+    if [ $variant = eager ]; then bench $label $BATCH --compile false "${flags[@]}"
+    else bench $label $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:} "${flags[@]}"; fi
   done
   best=$(python -c "
 import json; rows = json.load(open('$RES/benchmark.json'))

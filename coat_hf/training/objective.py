@@ -18,6 +18,10 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
    warped) and its target T (the same appearance, unwarped); L_transfer = L_rec(D(content codes for
    layers < n, aligned I_s codes for layers ≥ n), T) with n drawn per sample in 0..K-1.
 
+With ``batch_branches`` (the default on accelerators) each network is called once per step on the branches'
+concatenated batches (E on I1, I2, I_s; one alignment for both styles; E_mod and D on all three), its outputs
+split back: the same losses in fewer, larger kernels.
+
 Every random draw of a sample (its n, its decoder noise, its CCL positions, its pseudo pair) is a
 counter-based draw keyed by the sample (:mod:`coat_hf.training.random`), made on the device: a batch
 split over several processes gives the losses of the whole batch on one, and a step never waits for
@@ -27,7 +31,7 @@ the host.
 from __future__ import annotations
 
 import itertools
-
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +75,15 @@ class ObjectiveConfig:
     train_alignment: str | None = field(default=None, metadata={
         "help": "Alignment rule in training (mutual, nearest or soft; default: the model's, which stays the "
                 "rule at inference)."})
+    batch_branches: bool | None = field(default=None, metadata={
+        "help": "Give the branches one call per network on their concatenated batches: E on I1, I2 (and I_s), one "
+                "alignment for both styles, E_mod and D for all outputs (fewer, larger kernels; each network traced "
+                "once when compiled). Default: on accelerators, not on CPUs (there the larger working set made the "
+                "step slower)."})
+
+    def branches_batched(self, device: torch.device) -> bool:
+        """Whether the branches share one call per network on ``device`` (``batch_branches`` resolved)."""
+        return device.type != "cpu" if self.batch_branches is None else self.batch_branches
 
     def __post_init__(self) -> None:
         if self.reg_type not in LATENT_REGULARIZATIONS:
@@ -87,6 +100,28 @@ class ObjectiveConfig:
             raise ValueError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob}")
         if self.ccl_num_positions < 1:
             raise ValueError(f"ccl_num_positions must be positive, got {self.ccl_num_positions}")
+
+
+def branch_calls(fn: Callable, inputs: list, batched: bool) -> list:
+    """``[fn(x) for x in inputs]``, each x a tensor or a tuple / list of tensors (nested alike) with one batch size.
+    ``batched``: one call on the inputs concatenated along the batch, its output (tensors, tuples, lists) split back
+    per input."""
+    if not batched or len(inputs) == 1:
+        return [fn(x) for x in inputs]
+    return _split(fn(_concatenate(inputs)), len(inputs))
+
+
+def _concatenate(items: list):
+    if isinstance(items[0], Tensor):
+        return torch.cat(items)
+    return type(items[0])(_concatenate(list(parts)) for parts in zip(*items, strict=True))
+
+
+def _split(output, count: int) -> list:
+    if isinstance(output, Tensor):
+        return list(output.chunk(count))
+    parts = [_split(item, count) for item in output]
+    return [type(output)(part[i] for part in parts) for i in range(count)]
 
 
 def per_sample_noise(model: COATModel, keys: Tensor) -> list[Tensor]:
@@ -172,9 +207,10 @@ class COATTrainingObjective(nn.Module):
         index = order_keys.argsort(dim=1)[:, :count]  # (B, P)
         return index, eligible.gather(1, index)
 
-    def contrastive_loss(self, output_features: list[Tensor], content_features: list[Tensor], correspondences: list,
+    def contrastive_loss(self, output_features: list[Tensor], content_features: list[Tensor], mutual: list[Tensor],
                          mask: Tensor | None, keys: Tensor) -> Tensor:
-        """L_CCL (Eq. 5-6) between E(I_{2→1}) and F1 at matched positions, mean over images and ``ccl_scales``.
+        """L_CCL (Eq. 5-6) between E(I_{2→1}) and F1 at matched positions (``mutual``: each scale's (B, h·w) mutual
+        matches of I1 and I2), mean over images and ``ccl_scales``.
 
         All images and scales go through one call: each scale's (B, P_s, C_s) queries and keys are
         zero-padded to the largest P and C (padding is marked invalid), stacked to (S·B, P, C).
@@ -185,7 +221,7 @@ class COATTrainingObjective(nn.Module):
             foreground = None
             if mask is not None:
                 foreground = F.interpolate(mask, size=key_map.shape[-2:], mode="area").flatten(1) > 0.5  # (B, h·w)
-            index, valid = self._sample_positions(correspondences[scale].mutual, foreground, keys, scale)
+            index, valid = self._sample_positions(mutual[scale], foreground, keys, scale)
             gather = index[:, :, None].expand(-1, -1, key_map.shape[1])
             queries.append(query_map.flatten(2).transpose(1, 2).gather(1, gather))  # (B, P, C)
             keys_.append(key_map.flatten(2).transpose(1, 2).gather(1, gather))  # (B, P, C)
@@ -220,41 +256,51 @@ class COATTrainingObjective(nn.Module):
             (B, 3, S, S), with their graphs (for an adversarial term).
         """
         model, cfg = self.model, self.config
+        k = model.config.num_modulation_layers
+        batched = cfg.branches_batched(content.device)
+
+        def shared(fn: Callable, inputs: list) -> list:
+            return branch_calls(fn, inputs, batched)
+
         noise = per_sample_noise(model, keys)
-        content_features = model.encoder(content)  # F1: L maps
-        style_features = model.encoder(style)  # F2
-        content_latents = model.style_vectors(content_features)  # (B, K, D)
+        images = [content, style]  # I1, I2 (and the pseudo-exemplar style I_s of 3.)
+        if cfg.transfer_weight > 0:
+            pseudo_style, target = pseudo_exemplar_pair(content, style, keys, self.pseudo_pairs)
+            images.append(pseudo_style)
+        features = shared(model.encoder, images)  # F1, F2 (, F_s): L maps each
+        matching = [model.matching_maps(x, f) for x, f in zip(images, features)]  # what Eq. 1 compares
+
+        def align(pair: tuple) -> tuple[list[Tensor], list[Tensor]]:  # F^ of one style and the mutual matches
+            aligned, matches = model.align(pair[0], pair[1], cfg.train_alignment, content_keys=pair[2],
+                                           style_keys=pair[3])
+            return aligned, [m.mutual for m in matches]
+
+        (aligned, mutual), *pseudo_aligned = shared(
+            align, [(features[0], f, matching[0], m) for f, m in zip(features[1:], matching[1:])])
+        latents = shared(model.style_vectors, [features[0], aligned, *[a for a, _ in pseudo_aligned]])
+        content_latents, style_latents = latents[:2]  # (B, K, D) each
 
         # 1. Reconstruction from the self pair: all K layers take E_mod(F1).
-        reconstruction = model.decoder(content_latents, noise)  # (B, 3, S, S)
+        # 2. Transfer I2 -> I1 with a per-sample n; L_CCL on E(I_{2->1}) against F1.
+        # 3. The supervised transfer term on pseudo-exemplar pairs (the real style photo lends its colours).
+        n = self._transfer_n(keys)
+        transfer_latents = mix_latents(content_latents, style_latents, n)
+        if cfg.style_mixing_prob > 0:
+            transfer_latents = self._style_mixing(transfer_latents, style_latents, n, keys)
+        decoded = [content_latents, transfer_latents]
+        if cfg.transfer_weight > 0:
+            decoded.append(mix_latents(content_latents, latents[2], randint(keys, _PSEUDO_N_STREAM, 0, k)))
+        outputs = shared(lambda inputs: model.decoder(*inputs), [(latents_, noise) for latents_ in decoded])
+        reconstruction, transfer = outputs[:2]  # (B, 3, S, S) each
+
         rec, parts = self._rec(reconstruction, content, mask)
         parts = {"rec": rec, **parts, "reg": latent_regularization(content_latents, model.latent_avg, cfg.reg_type)}
         loss = rec + cfg.reg_alpha * parts["reg"]
-
-        # 2. Transfer I2 -> I1 with a per-sample n, then L_CCL on E(I_{2->1}) against F1.
-        content_keys = model.matching_maps(content, content_features)  # what Eq. 1 compares: E's maps or VGG16's
-        aligned, correspondences = model.align(content_features, style_features, cfg.train_alignment,
-                                               content_keys=content_keys,
-                                               style_keys=model.matching_maps(style, style_features))
-        style_latents, n = model.style_vectors(aligned), self._transfer_n(keys)
-        latents = mix_latents(content_latents, style_latents, n)
-        if cfg.style_mixing_prob > 0:
-            latents = self._style_mixing(latents, style_latents, n, keys)
-        transfer = model.decoder(latents, noise)  # (B, 3, S, S)
         if cfg.ccl_beta > 0:
-            parts["ccl"] = self.contrastive_loss(model.encoder(transfer), content_features, correspondences, mask, keys)
+            parts["ccl"] = self.contrastive_loss(model.encoder(transfer), features[0], mutual, mask, keys)
             loss = loss + cfg.ccl_beta * parts["ccl"]
-
-        # 3. The supervised transfer term on pseudo-exemplar pairs (the real style photo lends its colours).
         if cfg.transfer_weight > 0:
-            pseudo_style, target = pseudo_exemplar_pair(content, style, keys, self.pseudo_pairs)
-            pseudo_features = model.encoder(pseudo_style)
-            aligned, _ = model.align(content_features, pseudo_features, cfg.train_alignment, return_matches=False,
-                                     content_keys=content_keys,
-                                     style_keys=model.matching_maps(pseudo_style, pseudo_features))
-            k = model.config.num_modulation_layers
-            latents = mix_latents(content_latents, model.style_vectors(aligned), randint(keys, _PSEUDO_N_STREAM, 0, k))
-            parts["transfer"], _ = self._rec(model.decoder(latents, noise), target, mask)
+            parts["transfer"], _ = self._rec(outputs[2], target, mask)
             loss = loss + cfg.transfer_weight * parts["transfer"]
 
         return {"loss": loss, **{k: v.detach() for k, v in parts.items()},
