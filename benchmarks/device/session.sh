@@ -9,7 +9,7 @@
 # starts from the bundled cat model's weights, which must then travel).
 # BENCH: "engine" (default: the CUDA tests unless CUDA_TESTS=0, then the step at batch $BATCH as ENGINE_VARIANTS
 # lists: "eager" or scope:mode pairs, each optionally followed by /key=value training flags, e.g.
-# "objective:default/batch_branches=false"; by default eager, the objective compiled, then with CUDA graphs; each up to
+# "objective:default/batch_branches=false"; by default eager, then the objective compiled; each up to
 # ENGINE_S=330 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
 # e.g. a second call on the warm machine); every benchmark row also profiles 3 steps. Training runs when at least a
 # minute is left (TRAIN=0: never), for the models MODELS lists (default "face cat horse"); FACE_ARGS / CAT_ARGS /
@@ -46,7 +46,7 @@ if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the fa
     log "$label, batch $batch: ${row:-$(tail -1 $RES/benchmark-$label-b$batch.log)}"
   }
   HOLDOUT=$(( $(ls .gl/faces | wc -l) - 1000 ))
-  for entry in ${ENGINE_VARIANTS:-eager objective:default objective:reduce-overhead}; do
+  for entry in ${ENGINE_VARIANTS:-eager objective:default}; do
     variant=${entry%%/*} flags=()  # "/key=value" suffixes become training flags: eager/batch_branches=false
     [ "$entry" != "$variant" ] && for pair in $(tr / ' ' <<< "${entry#*/}"); do flags+=(--${pair%%=*} ${pair#*=}); done
     label=$(sed 's/[:/=]/-/g' <<< "$entry")
