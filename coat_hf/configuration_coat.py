@@ -59,7 +59,8 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
                     (_list_of(_is_int), "a non-empty list of integers")),
     "blur_kernel": (_list_of(_is_number), "a non-empty list of numbers"),
     "alignment_temperature": (_is_number, "a finite number"),
-    **dict.fromkeys(("noise_mode", "alignment", "match_features"), (lambda value: isinstance(value, str), "a string")),
+    **dict.fromkeys(("noise_mode", "alignment", "alignment_kernel", "match_features"),
+                    (lambda value: isinstance(value, str), "a string")),
     **dict.fromkeys(("use_alignment", "modulation_pyramid"), (lambda value: isinstance(value, bool), "true or false")),
 }
 """Each argument's type check and its description: a config.json may hold anything."""
@@ -93,6 +94,10 @@ def _check_sizes(values: dict[str, Any]) -> None:
 
 ALIGNMENT_RULES = ("mutual", "nearest", "soft")
 """The rules that build the aligned style map (see ``coat_hf.correspondence.align_features``)."""
+
+ALIGNMENT_KERNELS = ("blocked", "fused")
+"""How Eq. 1's maxima are found: blocks of S written and reduced, or one Triton kernel on CUDA devices that keeps
+S in registers (``coat_hf.fused_search``; elsewhere the blocked search serves)."""
 
 MATCH_FEATURES = ("encoder", "vgg16")
 """The maps Eq. 1 compares: E's own (the paper) or frozen VGG16's (see ``coat_hf.matching_features``)."""
@@ -138,6 +143,9 @@ class COATConfig(PretrainedConfig):
             ``"nearest"`` or ``"soft"`` (departures, see ``coat_hf.correspondence.align_features``).
         alignment_temperature: the softmax temperature of the ``"soft"`` rule.
         alignment_block_size: content positions per block in the blocked correspondence search.
+        alignment_kernel: ``"blocked"`` (blocks of S in memory, every device) or ``"fused"`` (one Triton kernel on
+            CUDA devices, S never written: ``coat_hf.fused_search``; elsewhere the blocked search). The same matches
+            up to float rounding ties.
         match_features: the maps Eq. 1-2 compare: ``"encoder"`` (E's own, the paper) or ``"vgg16"`` (frozen
             ImageNet VGG16 maps at E's strides, a departure that matches semantically from the first training
             step; see ``coat_hf.matching_features``). Eq. 3 moves E's features either way.
@@ -165,6 +173,7 @@ class COATConfig(PretrainedConfig):
         alignment: str = "mutual",
         alignment_temperature: float = 0.05,
         alignment_block_size: int = 1024,
+        alignment_kernel: str = "blocked",
         match_features: str = "encoder",
         modulation_pyramid: bool = False,
         noise_mode: str = "random",
@@ -198,6 +207,9 @@ class COATConfig(PretrainedConfig):
             raise ValueError(f"alignment_temperature must be > 0, got {alignment_temperature}")
         self.alignment, self.alignment_temperature = alignment, alignment_temperature
         self.alignment_block_size = alignment_block_size
+        if alignment_kernel not in ALIGNMENT_KERNELS:
+            raise ValueError(f"alignment_kernel must be one of {ALIGNMENT_KERNELS}, got {alignment_kernel!r}")
+        self.alignment_kernel = alignment_kernel
         if match_features not in MATCH_FEATURES:
             raise ValueError(f"match_features must be one of {MATCH_FEATURES}, got {match_features!r}")
         if match_features == "vgg16" and self.num_scales > VGG16_MAX_SCALES:

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .configuration_coat import ALIGNMENT_RULES
+from . import fused_search
+from .configuration_coat import ALIGNMENT_KERNELS, ALIGNMENT_RULES
 
 
 def cosine_similarity(content_feat: Tensor, style_feat: Tensor, eps: float = 1e-8) -> Tensor:
@@ -85,10 +86,12 @@ def _check_pair(content: Tensor, style: Tensor, names: str) -> None:
             f"{names} need the same batch and channels, got {tuple(content.shape)} and {tuple(style.shape)}")
 
 
-def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int) -> None:
+def _check_maps(content_feat: Tensor, style_feat: Tensor, block_size: int, kernel: str) -> None:
     _check_pair(content_feat, style_feat, "content_feat and style_feat")
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if kernel not in ALIGNMENT_KERNELS:
+        raise ValueError(f"kernel must be one of {ALIGNMENT_KERNELS}, got {kernel!r}")
 
 
 def _column_max(s: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,14 +175,34 @@ def _unit_maps(content_key: Tensor, style_key: Tensor) -> tuple[Tensor, Tensor]:
     return _unit_channels(content_key).transpose(1, 2), _unit_channels(style_key)
 
 
-def _blocked_search(content_key: Tensor, style_key: Tensor, block_size: int, temperature: float | None,
-                    style_values: Tensor | None = None) -> tuple[Correspondence, Tensor | None]:
-    """One pass over blocks of content rows of S (Eq. 1) between the maps ``content_key`` and ``style_key``: row
-    and column maxima and, when ``temperature`` is given, the softmax-weighted ``style_values`` (default
-    ``style_key``) of every content row, (B, C, N1)."""
-    b = content_key.shape[0]
+def _fused(kernel: str, f1: Tensor) -> bool:
+    return kernel == "fused" and fused_search.available(f1)
+
+
+def _search(content_key: Tensor, style_key: Tensor, block_size: int, temperature: float | None,
+            style_values: Tensor | None = None, kernel: str = "blocked") -> tuple[Correspondence, Tensor | None]:
+    """The matches of Eq. 1-2 between the maps ``content_key`` and ``style_key`` and, when ``temperature`` is
+    given, the softmax-weighted ``style_values`` (default ``style_key``) of every content row, (B, C, N1): one
+    blocked pass over S, or without ``temperature`` and with ``kernel="fused"`` on a CUDA device one Triton kernel
+    (:mod:`coat_hf.fused_search`)."""
     f1, f2 = _unit_maps(content_key, style_key)
-    n1, n2 = f1.shape[1], f2.shape[2]
+    if temperature is None and _fused(kernel, f1):
+        row_max, row_arg, col_max, col_arg = fused_search.search_maxima(f1, f2)
+        soft = None
+    else:
+        row_max, row_arg, col_max, col_arg, soft = _blocked_pass(f1, f2, block_size, temperature, style_key,
+                                                                  style_values)
+    mutual, confidence = _matches_from_maxima(row_max, row_arg, col_max, col_arg)
+    matches = Correspondence(row_arg, row_max.detach(), confidence.detach(), mutual,
+                             tuple(content_key.shape[2:]), tuple(style_key.shape[2:]))
+    return matches, soft
+
+
+def _blocked_pass(f1: Tensor, f2: Tensor, block_size: int, temperature: float | None, style_key: Tensor,
+                   style_values: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """The blocked pass of ``_search`` over unit maps f1 (B, N1, C) and f2 (B, C, N2): row and column
+    maxima with their first arg-maxima and, with ``temperature``, the soft-aligned values (B, C, N1)."""
+    b, n1, n2 = f1.shape[0], f1.shape[1], f2.shape[2]
     row_max = f1.new_empty(b, n1)
     row_arg = torch.empty(b, n1, dtype=torch.long, device=f1.device)
     col_max = f1.new_full((b, n2), float("-inf"))
@@ -201,37 +224,38 @@ def _blocked_search(content_key: Tensor, style_key: Tensor, block_size: int, tem
             col_arg = torch.where(better, blk_arg + start, col_arg)
         if soft is not None:
             soft.append(torch.softmax(s / temperature, dim=2) @ values)  # (B, blk, C)
-    mutual, confidence = _matches_from_maxima(row_max, row_arg, col_max, col_arg)
-    matches = Correspondence(row_arg, row_max.detach(), confidence.detach(), mutual,
-                             tuple(content_key.shape[2:]), tuple(style_key.shape[2:]))
-    return matches, None if soft is None else torch.cat(soft, dim=1).transpose(1, 2)
+    return row_max, row_arg, col_max, col_arg, None if soft is None else torch.cat(soft, dim=1).transpose(1, 2)
 
 
 @torch.no_grad()
-def _nearest_style(content_key: Tensor, style_key: Tensor, block_size: int) -> Tensor:
+def _nearest_style(content_key: Tensor, style_key: Tensor, block_size: int, kernel: str = "blocked") -> Tensor:
     """``argmax_j S_ij`` of Eq. 1 for every content position i, (B, N1): the row maxima alone, without the
     column maxima that Eq. 2 and the confident set need (the ``"nearest"`` rule when no matches are asked for)."""
     f1, f2 = _unit_maps(content_key, style_key)
+    if _fused(kernel, f1):
+        return fused_search.search_maxima(f1, f2, columns=False)[1]
     blocks = _SimilarityBlocks(f1, f2, block_size)
     return torch.cat([_row_max(blocks.similarity(start), style_key.shape[3])[1] for start in blocks.starts()], dim=1)
 
 
 @torch.no_grad()
-def find_correspondence(content_feat: Tensor, style_feat: Tensor, block_size: int = 1024) -> Correspondence:
-    """Mutual nearest neighbours of Eq. 1-2, computed over blocks of ``block_size`` content positions.
+def find_correspondence(content_feat: Tensor, style_feat: Tensor, block_size: int = 1024, kernel: str = "blocked"
+                        ) -> Correspondence:
+    """Mutual nearest neighbours of Eq. 1-2, computed over blocks of ``block_size`` content positions (or, with
+    ``kernel="fused"`` on CUDA devices, in one kernel that never writes S).
 
     content_feat: (B, C, H1, W1); style_feat: (B, C, H2, W2). Peak extra memory is about
     B·block_size·H2·W2 floats plus the normalised maps. The matches are discrete, so no graph is kept:
     gradients reach the features through the gather of Eq. 3 in ``align_features``.
     """
-    _check_maps(content_feat, style_feat, block_size)
-    return _blocked_search(content_feat, style_feat, block_size, None)[0]
+    _check_maps(content_feat, style_feat, block_size, kernel)
+    return _search(content_feat, style_feat, block_size, None, kernel=kernel)[0]
 
 
 def align_features(
     content_feat: Tensor, style_feat: Tensor, block_size: int = 1024, rule: str = "mutual",
     temperature: float = 0.05, return_matches: bool = True, content_key: Tensor | None = None,
-    style_key: Tensor | None = None,
+    style_key: Tensor | None = None, kernel: str = "blocked",
 ) -> tuple[Tensor, Correspondence | None]:
     """The aligned style map ``F^`` under one of three rules, and the matches of Eq. 1-2.
 
@@ -249,9 +273,10 @@ def align_features(
     (``None`` when ``return_matches`` is False and the rule does not need them: ``"nearest"`` then skips the
     column maxima of Eq. 2; ``benchmarks/benchmark_inference.py --interleaved 128``: a 143 ms call instead of
     172 ms on one CPU thread in one run, 1.11-1.19x the latent-swap call over four). Memory stays within the
-    blocked bound of ``find_correspondence`` for every rule.
+    blocked bound of ``find_correspondence`` for every rule. ``kernel`` (``COATConfig.alignment_kernel``):
+    ``"fused"`` finds the maxima of the mutual and nearest rules in one Triton kernel on CUDA devices.
     """
-    _check_maps(content_feat, style_feat, block_size)
+    _check_maps(content_feat, style_feat, block_size, kernel)
     if rule not in ALIGNMENT_RULES:
         raise ValueError(f"alignment must be one of {ALIGNMENT_RULES}, got {rule!r}")
     if rule == "soft" and not temperature > 0:
@@ -264,10 +289,10 @@ def align_features(
                          f"features' sizes {tuple(content_feat.shape[2:])}, {tuple(style_feat.shape[2:])}")
     b, c = content_feat.shape[:2]
     if rule == "nearest" and not return_matches:
-        nearest = _nearest_style(content_key, style_key, block_size)  # (B, N1)
+        nearest = _nearest_style(content_key, style_key, block_size, kernel)  # (B, N1)
         return style_feat.flatten(2).gather(2, nearest[:, None, :].expand(b, c, -1)).view_as(content_feat), None
-    matches, soft = _blocked_search(content_key, style_key, block_size, temperature if rule == "soft" else None,
-                                    style_feat)
+    matches, soft = _search(content_key, style_key, block_size, temperature if rule == "soft" else None, style_feat,
+                            kernel)
     content_flat = content_feat.flatten(2)  # (B, C, N1)
     if rule == "soft":
         weight = matches.confidence.clamp(0, 1)[:, None, :].to(soft.dtype)  # (B, 1, N1)

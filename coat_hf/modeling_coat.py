@@ -158,7 +158,7 @@ class COATModel(COATPreTrainedModel):
         content_keys = content_features if content_keys is None else content_keys
         style_keys = style_features if style_keys is None else style_keys
         pairs = [align_features(f1, f2, self.config.alignment_block_size, rule, self.config.alignment_temperature,
-                                return_matches, k1, k2)
+                                return_matches, k1, k2, self.config.alignment_kernel)
                  for f1, f2, k1, k2 in zip(content_features, style_features, content_keys, style_keys, strict=True)]
         return [a for a, _ in pairs], [m for _, m in pairs]
 

@@ -20,6 +20,7 @@ from coat_hf import COATConfig, COATModel
 from coat_hf.losses import correspondence_contrastive_loss
 from coat_hf.training import main
 from coat_hf.training.arguments import parse_arguments
+from coat_hf.training.compile_cache import load_compile_cache
 from coat_hf.training.data import DataOptions, PhotoSource, SampleSchedule, TrainingData
 from coat_hf.training.objective import COATTrainingObjective, ObjectiveConfig
 from coat_hf.training.pseudo_pairs import PseudoPairOptions, augment_geometry, pseudo_exemplar_pair
@@ -287,6 +288,8 @@ def test_arguments_are_typed_and_documented(tmp_path, image_folder, capsys):
     (["--max_steps", "-1"], "--max_steps"),
     (["--learning_rate", "-0.1"], "--learning_rate"),
     (["--compile_mode", "fast"], "--compile_mode must be one of"),
+    (["--compile_cache", "cache.bin"], "--compile_cache needs --compile true"),
+    (["--compile", "true", "--compile_cache", "/tmp"], "is a folder"),
     (["--config", "BAD"], "unknown keys"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_the_model_is_built(tmp_path, image_folder, extra, message,
@@ -310,6 +313,42 @@ def test_bad_input_is_one_line_and_exit_2_before_the_model_is_built(tmp_path, im
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+_COMPILE_ONCE = """
+import sys, torch
+from torch._dynamo.utils import counters
+from coat_hf.training.compile_cache import load_compile_cache, save_compile_cache
+loaded = load_compile_cache(sys.argv[1])
+step = torch.compile(lambda x: (x.sin() * 3 + x.cos()).sum())
+x = torch.arange(8.0, requires_grad=True)
+step(x).backward()
+written = save_compile_cache(sys.argv[1])
+print(loaded, written, counters["inductor"]["fxgraph_cache_hit"], counters["aot_autograd"]["autograd_cache_hit"])
+"""
+
+
+def test_a_compile_cache_saved_on_one_machine_serves_a_fresh_one(tmp_path):
+    """Two processes, each with its own empty Inductor cache folder (two fresh machines): the second, given the
+    first's saved artifacts, finds its forward and backward graphs compiled."""
+    cache = tmp_path / "compile.bin"
+    runs = []
+    for machine in ("first", "second"):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / machine), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-c", _COMPILE_ONCE, str(cache)], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(done.stdout.split())
+    (loaded, written, graph_hits, autograd_hits), second = runs
+    assert loaded == "False" and int(written) > 0 and graph_hits == autograd_hits == "0"
+    assert second[0] == "True" and int(second[2]) >= 1 and int(second[3]) == 1
+
+
+def test_a_damaged_compile_cache_is_ignored(tmp_path, caplog):
+    cache = tmp_path / "compile.bin"
+    cache.write_bytes(b"not a cache")
+    assert load_compile_cache(cache) is False and load_compile_cache(tmp_path / "absent.bin") is False
+    assert "compiling from scratch" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------

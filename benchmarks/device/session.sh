@@ -13,10 +13,13 @@
 # ENGINE_S=330 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
 # e.g. a second call on the warm machine); every benchmark row also profiles 3 steps. Training runs when at least a
 # minute is left (TRAIN=0: never), for the models MODELS lists (default "face cat horse"); FACE_ARGS / CAT_ARGS /
-# HORSE_ARGS add training arguments (the last of a repeated one wins, e.g. --max_minutes).
+# HORSE_ARGS add training arguments (the last of a repeated one wins, e.g. --max_minutes). Compiled runs load and
+# save their compile cache (--compile_cache) as res/compile/NAME-bBATCH.bin: carried back as .gl/compile/, the next
+# fresh machine skips most of the compile (the benchmark's compiled rows read face-bBATCH.bin).
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
-mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES
+mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES/compile
+cp .gl/compile/*.bin $RES/compile/ 2>/dev/null  # compile caches from an earlier call: they come back updated
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 log() { echo "[$(elapsed)s] $*" | tee -a $RES/session.log; }
@@ -29,7 +32,7 @@ save_file({k: v.float() for k, v in load_file('.gl/lpips/alexnet.fp16.safetensor
 nvidia-smi --query-gpu=name,memory.total --format=csv >> $RES/session.log
 BENCH=${BENCH:-engine}
 if [ "$BENCH" != none ] && [ "${CUDA_TESTS:-1}" = 1 ]; then
-  timeout 75 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py \
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py tests/test_fused_search.py \
     tests/test_correspondence.py::test_cuda_search_equals_the_cpu_search > $RES/cuda_test.log 2>&1
   log "cuda test: $(tail -1 $RES/cuda_test.log)"
 fi
@@ -49,9 +52,10 @@ if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the fa
   for entry in ${ENGINE_VARIANTS:-eager objective:default}; do
     variant=${entry%%/*} flags=()  # "/key=value" suffixes become training flags: eager/batch_branches=false
     [ "$entry" != "$variant" ] && for pair in $(tr / ' ' <<< "${entry#*/}"); do flags+=(--${pair%%=*} ${pair#*=}); done
-    label=$(sed 's/[:/=]/-/g' <<< "$entry")
+    label=$(sed 's/[^A-Za-z0-9_.-]\+/-/g' <<< "$entry")
     if [ $variant = eager ]; then bench $label $BATCH --compile false "${flags[@]}"
-    else bench $label $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:} "${flags[@]}"; fi
+    else bench $label $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:} "${flags[@]}" \
+      --compile_cache $RES/compile/face-b$BATCH.bin; fi
   done
   best=$(python -c "
 import json; rows = json.load(open('$RES/benchmark.json'))
@@ -65,9 +69,10 @@ fi
 
 minutes_left() { python -c "print(round(($LIMIT - $(elapsed) - 120) / 60, 2))"; }  # build, cache, export: < 120 s
 train() {  # name config data output_dir [extra arguments]: compiled as the GPU config says, eager if that fails
-  local name=$1 config=$2 data=$3 dir=$4 rc; shift 4
+  local name=$1 config=$2 data=$3 dir=$4 rc cache=(); shift 4
+  [[ "$*" != *"--compile false"* ]] && cache=(--compile_cache $RES/compile/$name-b$BATCH.bin)
   timeout $(( LIMIT - $(elapsed) - 20 )) python training/train.py --config $config --data_dir $data --output_dir $dir \
-    --max_minutes $(minutes_left) --batch_size $BATCH --channels_last true "$@" > $dir.log 2>&1; rc=$?
+    --max_minutes $(minutes_left) --batch_size $BATCH --channels_last true "${cache[@]}" "$@" > $dir.log 2>&1; rc=$?
   if [ $rc != 0 ] && [ $rc != 124 ] && [[ "$*" != *"--compile false"* ]]; then
     log "$name: compiled run failed: $(grep -m1 Error $dir.log)"
     python -c "import sys; sys.exit($(minutes_left) < 1)" && train $name $config $data $dir-eager "$@" --compile false

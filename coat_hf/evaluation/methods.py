@@ -86,7 +86,8 @@ class FeatureWarp(TransferMethod):
     def __call__(self, content: Tensor, style: Tensor, generator: torch.Generator | None = None) -> Tensor:
         content_feat = self.model.encode(content)[self.scale]  # (B, C, h, w)
         style_feat = self.model.encode(style)[self.scale]
-        nearest = find_correspondence(content_feat, style_feat, self.model.config.alignment_block_size).nearest  # (B, h·w)
+        nearest = find_correspondence(content_feat, style_feat, self.model.config.alignment_block_size,
+                                      self.model.config.alignment_kernel).nearest  # (B, h·w)
         block = content.shape[-1] // content_feat.shape[-1]
         patches = F.pixel_unshuffle(style, block).flatten(2)  # (B, 3·s·s, h·w): the style's s x s blocks
         warped = patches.gather(2, nearest[:, None, :].expand(-1, patches.shape[1], -1))

@@ -67,6 +67,10 @@ class TrainingArguments:
                 "forward and backward, as one graph: fusion across networks, fewer kernel launches)."})
     compile_mode: str = field(default="default", metadata={
         "help": f"torch.compile mode, one of {', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs)."})
+    compile_cache: str | None = field(default=None, metadata={
+        "help": "A file of torch.compile's artifacts: loaded before compiling when it exists, written after the first "
+                "compiled step, so that a fresh machine (same torch, Triton and device kind) skips most of the "
+                "compile. Holds code: load only your own."})
     ema_decay: float = field(default=0.999, metadata={"help": "Decay of the exported EMA weights."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial weights and of the sample schedule."})
     torch_threads: int = field(default=0, metadata={"help": "CPU threads per process (0: cores / processes)."})
@@ -104,6 +108,10 @@ class TrainingArguments:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.init_from is None and self.model_preset not in COATConfig.preset_names():
             raise ValueError(f"--model_preset must be one of {COATConfig.preset_names()}, got {self.model_preset!r}")
+        if self.compile_cache is not None and not self.compile:
+            raise ValueError("--compile_cache needs --compile true")
+        if self.compile_cache is not None and Path(self.compile_cache).is_dir():
+            raise ValueError(f"--compile_cache {self.compile_cache!r} is a folder; name a file")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
 

@@ -35,6 +35,7 @@ from ..configuration_coat import COATConfig
 from ..image_processing_coat import COATImageProcessor
 from ..modeling_coat import COATModel
 from .arguments import RunConfig, TrainingArguments
+from .compile_cache import load_compile_cache, save_compile_cache
 from .data import PhotoSource, TrainingData
 from .discriminator import Adversary, Discriminator
 from .objective import COATTrainingObjective
@@ -350,6 +351,8 @@ class Trainer:
         self.objective, self.optimizer, self.scheduler = acc.prepare(self.objective, self.optimizer, self.scheduler)
         acc.register_for_checkpointing(self.ema, self.state)
         self.checkpoint_root = self.output_dir / "checkpoints"
+        if args.compile_cache:
+            load_compile_cache(args.compile_cache)
         if args.compile and args.compile_scope == "objective":  # one graph (tests: no graph break), fwd and bwd
             self.objective.compile(mode=args.compile_mode)
         elif args.compile:  # each network on its own (measured on an H100); the alignments and L_CCL stay eager
@@ -467,8 +470,12 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         last_logs: dict[str, float] = {}
         self.objective.train()
+        cache_pending = bool(args.compile_cache) and acc.is_main_process
         while self.state.step < args.max_steps:
             parts = self.train_step(self.state.step)
+            if cache_pending:  # the first step compiled the forward and the backward
+                save_compile_cache(args.compile_cache)
+                cache_pending = False
             for key, value in parts.items():
                 sums[key] = sums[key] + value if key in sums else value
             self.state.step += 1

@@ -1,0 +1,77 @@
+"""The fused search kernel (``coat_hf.fused_search``): on CPUs through Triton's interpreter, on CUDA for real."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from coat_hf import COATConfig
+from coat_hf.correspondence import align_features, find_correspondence
+
+triton = pytest.importorskip("triton")
+
+_INTERPRETED = """
+import torch
+from coat_hf.correspondence import _blocked_pass, _unit_maps
+from coat_hf.fused_search import search_maxima
+torch.manual_seed(3)
+for b, c, (h1, w1), (h2, w2) in [(2, 40, (10, 10), (9, 10)), (1, 130, (8, 9), (12, 11))]:  # ragged tiles
+    content, style = torch.randn(b, c, h1, w1), torch.randn(b, c, h2, w2)
+    style[:, :, 1] = style[:, :, 4]  # a duplicated style row: exact ties
+    f1, f2 = _unit_maps(content, style)
+    expected = _blocked_pass(f1, f2, 1024, None, style, None)[:4]
+    fused = search_maxima(f1, f2, interpret=True)
+    rows_only = search_maxima(f1, f2, columns=False, interpret=True)
+    for name, got, want in zip(("row_max", "row_arg", "col_max", "col_arg"), fused, expected):
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        if name.endswith("arg"):
+            assert torch.equal(got, want), name
+        else:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(rows_only[1], expected[1]) and rows_only[2].numel() == 0
+print("ok")
+"""
+
+
+def test_the_kernel_finds_the_blocked_search_maxima():
+    """Run by Triton's interpreter on the CPU: the same row and column arg-maxima as the blocked pass, ties
+    included, for sizes that leave ragged tiles (rows, columns and channels)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_cpus_keep_the_blocked_search():
+    torch.manual_seed(0)
+    f1, f2 = torch.randn(2, 8, 6, 5), torch.randn(2, 8, 7, 4)
+    fused, blocked = find_correspondence(f1, f2, kernel="fused"), find_correspondence(f1, f2)
+    assert torch.equal(fused.nearest, blocked.nearest) and torch.equal(fused.mutual, blocked.mutual)
+
+
+def test_unknown_kernels_are_refused():
+    with pytest.raises(ValueError, match="alignment_kernel must be one of"):
+        COATConfig.preset("tiny", alignment_kernel="flash")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        find_correspondence(torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3), kernel="flash")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_fused_search_equals_the_blocked_search(dtype):
+    """On the GPU, eager and inside a compiled function: the blocked search's matches (float32: IEEE products;
+    bfloat16: float32 accumulation in both, so a few near-ties may differ)."""
+    torch.manual_seed(12)
+    f1 = torch.randn(4, 48, 64, 64, device="cuda", dtype=dtype)
+    f2 = torch.randn(4, 48, 64, 64, device="cuda", dtype=dtype)
+    for rule in ("mutual", "nearest"):
+        blocked_aligned, blocked = align_features(f1, f2, 1024, rule=rule)
+        fused_aligned, fused = align_features(f1, f2, 1024, rule=rule, kernel="fused")
+        compiled = torch.compile(lambda a, b: align_features(a, b, 1024, rule=rule, kernel="fused")[1].nearest)
+        agree = (fused.nearest == blocked.nearest).float().mean().item()
+        assert agree == 1.0 if dtype == torch.float32 else agree > 0.99
+        assert torch.equal(compiled(f1, f2), fused.nearest)
+        if dtype == torch.float32:
+            assert torch.equal(fused.mutual, blocked.mutual)
+            torch.testing.assert_close(fused_aligned, blocked_aligned)
