@@ -15,12 +15,15 @@ keeps the blocked search. The kernel is a ``torch.library.triton_op``, so a comp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 try:
     import triton
     import triton.language as tl
+    from torch.library import triton_op, wrap_triton
 except ImportError:  # CPU-only installs: the blocked search serves
     triton = None
 
@@ -32,6 +35,36 @@ def available(tensor: Tensor) -> bool:
     """Whether the fused search can run on ``tensor`` (a CUDA tensor of 32 or 16 bits per value)."""
     return triton is not None and tensor.device.type == "cuda" and tensor.dtype in (
         torch.float32, torch.float16, torch.bfloat16)
+
+
+def _launch(f1: Tensor, f2: Tensor, columns: bool, launcher: Callable) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One kernel launch (``launcher`` wraps the kernel: ``wrap_triton`` or nothing): f1 (B, N1, C), f2 (B, C, N2)
+    -> row maxima and arg-maxima (B, N1) and, with ``columns``, each row tile's column maxima and arg-maxima
+    (B, N1 / BLOCK_M, N2); float32 and int32."""
+    b, n1, channels = f1.shape
+    n2 = f2.shape[2]
+    tiles = triton.cdiv(n1, BLOCK_M)
+    f2 = f2.to(f1.dtype)
+    row_max = torch.empty(b, n1, dtype=torch.float32, device=f1.device)
+    row_arg = torch.empty(b, n1, dtype=torch.int32, device=f1.device)
+    partial = (b, tiles, n2) if columns else (1,)
+    col_max = torch.empty(partial, dtype=torch.float32, device=f1.device)
+    col_arg = torch.empty(partial, dtype=torch.int32, device=f1.device)
+    block_c = min(64, max(16, triton.next_power_of_2(channels)))
+    launcher(_maxima_kernel)[(b, tiles)](
+        f1, f2, row_max, row_arg, col_max, col_arg, n1, n2, channels, *f1.stride(), *f2.stride(),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=block_c, IEEE=f1.dtype == torch.float32, COLUMNS=columns)
+    return row_max, row_arg, col_max, col_arg
+
+
+def _reduce(row_max: Tensor, row_arg: Tensor, col_max: Tensor, col_arg: Tensor, columns: bool, dtype: torch.dtype
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``_launch``'s outputs as :func:`search_maxima` returns them: the row tiles' column maxima reduced."""
+    if not columns:
+        return row_max.to(dtype), row_arg.long(), row_max.new_empty(0, dtype=dtype), row_arg.new_empty(0).long()
+    top, tile = col_max.max(dim=1)  # (B, N2): the best row tile of each column
+    return (row_max.to(dtype), row_arg.long(), top.to(dtype),
+            col_arg.gather(1, tile[:, None]).squeeze(1).long())
 
 
 if triton is not None:
@@ -74,36 +107,6 @@ if triton is not None:
                 tl.store(col_arg + at, top_arg + tile * BLOCK_M, mask=col_ok)
         tl.store(row_max + image * n1 + rows, best, mask=row_ok)
         tl.store(row_arg + image * n1 + rows, best_arg, mask=row_ok)
-
-
-def _launch(f1: Tensor, f2: Tensor, columns: bool, launcher) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    b, n1, channels = f1.shape
-    n2 = f2.shape[2]
-    tiles = triton.cdiv(n1, BLOCK_M)
-    f2 = f2.to(f1.dtype)
-    row_max = torch.empty(b, n1, dtype=torch.float32, device=f1.device)
-    row_arg = torch.empty(b, n1, dtype=torch.int32, device=f1.device)
-    partial = (b, tiles, n2) if columns else (1,)
-    col_max = torch.empty(partial, dtype=torch.float32, device=f1.device)
-    col_arg = torch.empty(partial, dtype=torch.int32, device=f1.device)
-    block_c = min(64, max(16, triton.next_power_of_2(channels)))
-    launcher(_maxima_kernel)[(b, tiles)](
-        f1, f2, row_max, row_arg, col_max, col_arg, n1, n2, channels, *f1.stride(), *f2.stride(),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_C=block_c, IEEE=f1.dtype == torch.float32, COLUMNS=columns)
-    return row_max, row_arg, col_max, col_arg
-
-
-def _reduce(row_max: Tensor, row_arg: Tensor, col_max: Tensor, col_arg: Tensor, columns: bool, dtype: torch.dtype
-            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if not columns:
-        return row_max.to(dtype), row_arg.long(), row_max.new_empty(0, dtype=dtype), row_arg.new_empty(0).long()
-    top, tile = col_max.max(dim=1)  # (B, N2): the best row tile of each column
-    return (row_max.to(dtype), row_arg.long(), top.to(dtype),
-            col_arg.gather(1, tile[:, None]).squeeze(1).long())
-
-
-if triton is not None:
-    from torch.library import triton_op, wrap_triton
 
     @triton_op("coat_hf::search_maxima", mutates_args=())
     def _search_maxima_op(f1: Tensor, f2: Tensor, columns: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -63,7 +63,8 @@ best = max(rows, key=lambda r: r['images_per_s'])
 print(f\"{best['compile_scope']}:{best['compile_mode']}\" if best['compile'] else 'eager')" 2>/dev/null)
   if [ -n "$best" ] && [ $BATCH != 128 ] && [ $(( LIMIT - $(elapsed) )) -gt ${ENGINE_S:-330} ]; then  # the large-batch recipe's step
     if [ "$best" = eager ]; then bench eager 128 --compile false
-    else bench ${best/:/-} 128 --compile true --compile_scope ${best%%:*} --compile_mode ${best##*:}; fi
+    else bench ${best/:/-} 128 --compile true --compile_scope ${best%%:*} --compile_mode ${best##*:} \
+      --compile_cache $RES/compile/face-b128.bin; fi
   fi
 fi
 
