@@ -60,18 +60,53 @@ def test_unknown_kernels_are_refused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_fused_search_equals_the_blocked_search(dtype):
-    """On the GPU, eager and inside a compiled function: the blocked search's matches (float32: IEEE products;
-    bfloat16: float32 accumulation in both, so a few near-ties may differ)."""
+    """On the GPU, eager and inside a compiled function (one graph): the blocked search's matches (float32: IEEE
+    products; bfloat16: float32 accumulation in both, so a few near-ties may differ)."""
     torch.manual_seed(12)
     f1 = torch.randn(4, 48, 64, 64, device="cuda", dtype=dtype)
     f2 = torch.randn(4, 48, 64, 64, device="cuda", dtype=dtype)
     for rule in ("mutual", "nearest"):
         blocked_aligned, blocked = align_features(f1, f2, 1024, rule=rule)
         fused_aligned, fused = align_features(f1, f2, 1024, rule=rule, kernel="fused")
-        compiled = torch.compile(lambda a, b: align_features(a, b, 1024, rule=rule, kernel="fused")[1].nearest)
+        def fused_nearest(a, b):
+            return align_features(a, b, 1024, rule=rule, kernel="fused")[1].nearest
+
+        explanation = torch._dynamo.explain(fused_nearest)(f1, f2)
+        assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+        compiled = torch.compile(fused_nearest)
         agree = (fused.nearest == blocked.nearest).float().mean().item()
         assert agree == 1.0 if dtype == torch.float32 else agree > 0.99
         assert torch.equal(compiled(f1, f2), fused.nearest)
         if dtype == torch.float32:
             assert torch.equal(fused.mutual, blocked.mutual)
             torch.testing.assert_close(fused_aligned, blocked_aligned)
+
+
+_OBJECTIVE = """
+import torch
+from coat_hf import COATConfig, COATModel, fused_search
+from coat_hf.training.objective import COATTrainingObjective, ObjectiveConfig
+from coat_hf.training.random import sample_keys
+fused_search.available = lambda tensor: True  # CPU tensors through Triton's interpreter
+torch.manual_seed(0)
+content, style = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+losses = {}
+for kernel in ("blocked", "fused"):
+    torch.manual_seed(1)
+    model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True, alignment_kernel=kernel))
+    objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, transfer_weight=1.0,
+                                                             train_alignment="mutual", batch_branches=True))
+    out = objective(content, style, sample_keys(0, torch.arange(2)), None)
+    losses[kernel] = {name: out[name].item() for name in ("loss", "rec", "ccl", "transfer")}
+for name, value in losses["blocked"].items():
+    assert abs(losses["fused"][name] - value) <= 1e-5 * max(1.0, abs(value)), (name, losses)
+print("ok")
+"""
+
+
+def test_the_objective_with_the_fused_search_has_the_same_losses():
+    """The training objective with ``alignment_kernel="fused"`` (the kernel interpreted on the CPU; whether it stays
+    one graph for ``torch.compile`` needs a real kernel: the CUDA test): the blocked search's losses."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _OBJECTIVE], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
