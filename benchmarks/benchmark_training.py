@@ -86,6 +86,7 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
     from torch.utils.flop_counter import FlopCounterMode
 
     from coat_hf.training.arguments import parse_arguments
+    from coat_hf.training.compile_cache import save_compile_cache
     from coat_hf.training.trainer import Trainer, peak_memory_mb
 
     config = parse_arguments(train_args)
@@ -99,6 +100,8 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
         trainer.train_step(step)
     sync()
     warmup_seconds = time.perf_counter() - start  # compiling included
+    if args.compile_cache and acc.is_main_process:
+        save_compile_cache(args.compile_cache)  # as training does after its first step
     with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:  # same FLOPs, counted
         trainer.train_step(warmup)
     flops_per_step = counter.get_total_flops() * acc.num_processes
@@ -124,7 +127,8 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
         "processes": acc.num_processes, "threads_per_process": torch.get_num_threads(),
         "batch_per_process": args.batch_size, "global_batch": global_batch, "image_size": trainer.model.config.image_size,
         "mixed_precision": args.mixed_precision, "channels_last": args.channels_last, "compile": args.compile,
-        **({"compile_scope": args.compile_scope, "compile_mode": args.compile_mode} if args.compile else {}),
+        **({"compile_scope": args.compile_scope, "compile_mode": args.compile_mode,
+            "compile_cache_loaded": trainer.compile_cache_loaded} if args.compile else {}),
         "transfer_weight": config.objective.transfer_weight, "warmup_steps": warmup, "warmup_s": warmup_seconds,
         "steps": steps,
         "images_per_s": global_batch * steps / seconds, "peak_memory_mb": memory,

@@ -14,8 +14,8 @@
 # e.g. a second call on the warm machine); every benchmark row also profiles 3 steps. Training runs when at least a
 # minute is left (TRAIN=0: never), for the models MODELS lists (default "face cat horse"); FACE_ARGS / CAT_ARGS /
 # HORSE_ARGS add training arguments (the last of a repeated one wins, e.g. --max_minutes). Compiled runs load and
-# save their compile cache (--compile_cache) as res/compile/NAME-bBATCH.bin: carried back as .gl/compile/, the next
-# fresh machine skips most of the compile (the benchmark's compiled rows read face-bBATCH.bin).
+# save their compile cache (--compile_cache): res/compile/NAME-bBATCH.bin for training, bench-LABEL-bBATCH.bin for
+# a benchmark row; carried back as .gl/compile/, they spare the next fresh machine most of the compile.
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES/compile
@@ -55,7 +55,7 @@ if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the fa
     label=$(sed 's/[^A-Za-z0-9_.-]\+/-/g' <<< "$entry")
     if [ $variant = eager ]; then bench $label $BATCH --compile false "${flags[@]}"
     else bench $label $BATCH --compile true --compile_scope ${variant%%:*} --compile_mode ${variant##*:} "${flags[@]}" \
-      --compile_cache $RES/compile/face-b$BATCH.bin; fi
+      --compile_cache $RES/compile/bench-$label-b$BATCH.bin; fi
   done
   best=$(python -c "
 import json; rows = json.load(open('$RES/benchmark.json'))
@@ -64,7 +64,7 @@ print(f\"{best['compile_scope']}:{best['compile_mode']}\" if best['compile'] els
   if [ -n "$best" ] && [ $BATCH != 128 ] && [ $(( LIMIT - $(elapsed) )) -gt ${ENGINE_S:-330} ]; then  # the large-batch recipe's step
     if [ "$best" = eager ]; then bench eager 128 --compile false
     else bench ${best/:/-} 128 --compile true --compile_scope ${best%%:*} --compile_mode ${best##*:} \
-      --compile_cache $RES/compile/face-b128.bin; fi
+      --compile_cache $RES/compile/bench-${best/:/-}-b128.bin; fi
   fi
 fi
 
