@@ -355,6 +355,13 @@ def test_a_damaged_compile_cache_is_ignored(tmp_path, caplog):
 # Runs: time budget, export, resume, processes.
 
 
+def test_cudnn_autotuning_follows_the_argument(image_folder, tmp_path, tiny_train_args, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    for flag in ("true", "false"):
+        Trainer(parse_arguments([*tiny_train_args(image_folder, tmp_path / flag), "--cudnn_benchmark", flag]))
+        assert torch.backends.cudnn.benchmark is (flag == "true")
+
+
 def test_time_budget_checkpoints_and_exports_shards(image_folder, tmp_path, tiny_train_args):
     out = tmp_path / "run"
     export = Trainer(parse_arguments(tiny_train_args(

@@ -61,6 +61,10 @@ class TrainingArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (autocast)."})
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (GPU)."})
+    cudnn_benchmark: bool = field(default=True, metadata={
+        "help": "Let cuDNN time its algorithms for each convolution shape at its first call and keep the fastest "
+                "(torch.backends.cudnn.benchmark; the step's shapes never change, as in StyleGAN2-ADA). Runs may "
+                "then differ from each other in the last bits on a GPU; no effect on CPUs."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the step (see --compile_scope)."})
     compile_scope: str = field(default="networks", metadata={
         "help": "networks (E, E_mod, D and the frozen LPIPS network, each on its own) or objective (the whole loss, "

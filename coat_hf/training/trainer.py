@@ -311,6 +311,7 @@ class Trainer:
         logging.getLogger("accelerate").setLevel(logging.WARNING)
         if acc.device.type == "cpu":
             torch.set_num_threads(args.torch_threads or max(1, (os.cpu_count() or 1) // acc.num_processes))
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark  # the step's shapes never change
         torch.manual_seed(args.seed)
         self.export_only = args.export is not None
 
