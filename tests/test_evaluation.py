@@ -336,3 +336,49 @@ def test_local_color_ratio_is_one_for_the_content_and_zero_for_the_style():
     missing = style.clone()
     missing[:8] = float("nan")  # cells outside the object take no part
     assert local_color_ratio(halfway, content, missing) == pytest.approx(0.5, rel=1e-5)
+
+
+def _results(shift: float, pairs: list[dict] | None = None) -> dict:
+    """An evaluation's results.json with two COAT rows and a baseline row; ``shift`` moves COAT's metrics toward
+    better (positive) for every image."""
+    from coat_hf.evaluation.report import summarize
+
+    transfer = {"structure_distance": [0.10, 0.12, 0.11], "swd_lab": [9.0, 8.0, 10.0]}
+    better = {name: summarize([v - shift * 0.01 * (1 + i) for i, v in enumerate(values)])
+              for name, values in transfer.items()}
+    reconstruction = {"psnr": summarize([18.0 + shift, 19.0 + shift]), "lpips": summarize([0.2 - shift / 100] * 2)}
+    methods = [{"name": f"coat n={n}", "family": "coat", "n": n, "transfer": better,
+                "reconstruction": reconstruction} for n in (0, 5)]
+    methods.append({"name": "color-transfer", "family": "color-transfer", "n": None,
+                    "transfer": {name: summarize(values) for name, values in transfer.items()}, "reconstruction": {}})
+    return {"pairs": pairs or [{"content": "a.jpg", "style": "b.jpg"}] * 3, "reconstruction_images": ["a.jpg", "b.jpg"],
+            "methods": methods}
+
+
+def test_compare_says_whether_a_candidate_beats_the_baseline_everywhere(tmp_path, capsys):
+    from coat_hf.evaluation.compare import compare, main as compare_main
+
+    for name, shift in (("baseline", 0.0), ("better", 1.0), ("worse", -1.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_results(shift)))
+    rows = compare(_results(0.0), _results(1.0))
+    assert len(rows) == 2 * 2 + 2  # two transfer metrics per COAT row, reconstruction once, no baseline rows
+    swd = rows[1]
+    assert swd["method"] == "coat n=0" and swd["metric"] == "swd_lab" and swd["candidate_better"]
+    assert swd["difference"] == pytest.approx(-0.02) and swd["standard_error"] == pytest.approx(0.01 / math.sqrt(3))
+    assert compare_main([str(tmp_path / "baseline"), str(tmp_path / "better")]) == 0
+    assert "better on all 6 metrics" in capsys.readouterr().out
+    assert compare_main([str(tmp_path / "baseline"), str(tmp_path / "worse" / "results.json")]) == 1
+    assert "not better on 6 of 6" in capsys.readouterr().out
+
+
+def test_compare_refuses_evaluations_of_different_photos(tmp_path, capsys):
+    from coat_hf.evaluation.compare import main as compare_main
+
+    (tmp_path / "a.json").write_text(json.dumps(_results(0.0)))
+    (tmp_path / "b.json").write_text(json.dumps(_results(1.0, pairs=[{"content": "c.jpg", "style": "b.jpg"}] * 3)))
+    (tmp_path / "bad.json").write_text("{}")
+    for other in ("b.json", "bad.json", "missing.json"):
+        assert compare_main([str(tmp_path / "a.json"), str(tmp_path / other)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("python -m coat_hf.evaluation.compare: error:"), err
