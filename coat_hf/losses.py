@@ -3,6 +3,7 @@
 * `reconstruction_loss`: L_rec = λ_mse·MSE + λ_lpips·LPIPS, optionally weighted by a foreground mask.
 * `latent_regularization`: L_reg, pSp's W-norm or e4e's delta regularisation of the style codes.
 * `correspondence_contrastive_loss`: L_CCL, the InfoNCE loss of Eq. 5-6 over matched positions.
+* `color_statistics_loss`: L_color, a departure: Lab means and deviations of an output pulled to a reference's.
 
 LPIPS models with real ImageNet backbones come from `coat_hf.lpips_weights.load_lpips`.
 """
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .color import rgb_to_lab
 from .lpips_weights import load_lpips
 
 
@@ -25,6 +27,7 @@ __all__ = [
     "LATENT_REGULARIZATIONS",
     "correspondence_contrastive_loss",
     "latent_regularization",
+    "color_statistics_loss",
     "load_lpips",
     "lpips_loss",
     "mse_loss",
@@ -64,6 +67,21 @@ def mse_loss(output: Tensor, target: Tensor, mask: Tensor | None = None) -> Tens
     """
     _check_images(output, target, mask)
     return _masked_mean((output - target).square(), mask)
+
+
+def color_statistics_loss(output: Tensor, reference: Tensor, weight: Tensor | None = None) -> Tensor:
+    """L_color (a departure from the paper): how far the per-channel Lab mean and standard deviation of ``output``
+    lie from ``reference``'s, the statistics that Reinhard's global colour transfer matches (``coat_hf.color``).
+    Per image ``mean_c ((μ_c − μ'_c)² + (σ_c − σ'_c)²)`` on Lab / 100, then the batch mean of ``weight`` times it.
+
+    output, reference: (B, 3, H, W) in [-1, 1] (computed in float32); weight: optional (B,) per-image weights.
+    """
+    _check_images(output, reference, None)
+    lab = rgb_to_lab((output.float() + 1) / 2) / 100  # (B, 3, H, W)
+    reference_lab = rgb_to_lab((reference.float() + 1) / 2) / 100
+    per_image = ((lab.mean(dim=(2, 3)) - reference_lab.mean(dim=(2, 3))).square()
+                 + (lab.std(dim=(2, 3)) - reference_lab.std(dim=(2, 3))).square()).mean(dim=1)  # (B,)
+    return (per_image if weight is None else per_image * weight).mean()
 
 
 @contextmanager

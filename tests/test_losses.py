@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter
 
 from coat_hf.losses import (
     HARD_NEGATIVE_RULES,
+    color_statistics_loss,
     correspondence_contrastive_loss,
     latent_regularization,
     lpips_loss,
@@ -202,6 +203,27 @@ def random_alex() -> lpips.LPIPS:
     with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
         warnings.simplefilter("ignore", UserWarning)
         return lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+
+
+def test_color_statistics_loss_vanishes_after_global_colour_transfer():
+    """L_color measures what Reinhard's transfer matches: an image recoloured to a reference's Lab statistics is
+    (up to gamut clipping) at distance 0 from it, the image itself is not; per-image weights scale it."""
+    from coat_hf.color import match_color
+
+    torch.manual_seed(4)
+    image = torch.rand(2, 3, 32, 32) * 0.6 - 0.3  # mid-range colours: little clipping after the transfer
+    reference = (torch.rand(2, 3, 32, 32) * 0.5 + torch.tensor([0.3, -0.2, -0.4])[None, :, None, None]).clamp(-1, 1)
+    before = color_statistics_loss(image, reference)
+    after = color_statistics_loss(match_color(image, reference), reference)
+    assert before > 1e-3 and after < before / 50
+    assert color_statistics_loss(reference, reference) == 0
+    assert color_statistics_loss(image, reference, torch.tensor([0.0, 0.0])) == 0
+    half = color_statistics_loss(image, reference, torch.tensor([1.0, 0.0]))
+    first = color_statistics_loss(image[:1], reference[:1])
+    assert half == pytest.approx(first.item() / 2, rel=1e-5)
+    output = image.clone().requires_grad_()
+    color_statistics_loss(output, reference).backward()
+    assert output.grad.abs().sum() > 0
 
 
 def test_reconstruction_loss_combines_parts(alex):

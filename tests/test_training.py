@@ -244,6 +244,28 @@ def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked)
     assert (batched_gradient - gradient).norm() <= 1e-4 * gradient.norm()
 
 
+def test_the_color_term_weighs_each_transfer_by_the_styles_share_of_layers(image_pair):
+    from coat_hf.losses import color_statistics_loss
+
+    model = COATModel(COATConfig.preset("tiny"))
+    k = model.config.num_modulation_layers
+    content, style = image_pair
+    keys = sample_keys(0, torch.arange(2))
+    runs = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, color_weight=weight))
+        runs[weight] = objective(content, style, keys, None)
+    with_color, without = runs[2.0], runs[0.0]
+    assert "color" in with_color and "color" not in without and with_color["color"] > 0
+    n = objective._transfer_n(keys)
+    expected = color_statistics_loss(with_color["transfer_images"], style, (k - n).float() / k)
+    torch.testing.assert_close(with_color["color"], expected.detach())
+    torch.testing.assert_close(with_color["loss"], without["loss"] + 2.0 * expected)
+    with pytest.raises(ValueError, match="color_weight"):
+        ObjectiveConfig(color_weight=-1.0)
+
+
 def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():
     model = COATModel(COATConfig.preset("tiny"))
     k = model.config.num_modulation_layers
@@ -252,13 +274,15 @@ def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():
     latents = torch.zeros(b, k, d)  # the transfer's own vectors
     style = torch.arange(1, b + 1, dtype=torch.float32)[:, None, None].expand(b, k, d)  # sample i's style: i + 1
     n = torch.arange(b) % (k + 1)
-    mixed = objective._style_mixing(latents, style, n, sample_keys(0, torch.arange(b)))
+    mixed, mixed_in = objective._style_mixing(latents, style, n, sample_keys(0, torch.arange(b)))
     crossover = (mixed[:, :, 0] == 0).sum(dim=1)  # layers before the crossover keep the transfer's vectors
     assert (crossover >= n).all() and (crossover <= k).all() and len(set(crossover.tolist())) > 3
+    assert torch.equal(mixed_in, crossover < k)  # whether the last layer takes the other sample's style
     for i in range(b):
         assert (mixed[i, crossover[i]:] == style[i - 1, 0, 0]).all()  # the previous sample's style (a roll)
     objective.config.style_mixing_prob = 0.0
-    assert torch.equal(objective._style_mixing(latents, style, n, sample_keys(0, torch.arange(b))), latents)
+    unmixed, mixed_in = objective._style_mixing(latents, style, n, sample_keys(0, torch.arange(b)))
+    assert torch.equal(unmixed, latents) and not mixed_in.any()
     with pytest.raises(ValueError, match="style_mixing_prob"):
         ObjectiveConfig(style_mixing_prob=1.5)
 

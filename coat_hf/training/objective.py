@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configuration_coat import ALIGNMENT_RULES
-from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, correspondence_contrastive_loss,
-                      latent_regularization, load_lpips, reconstruction_loss)
+from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, color_statistics_loss,
+                      correspondence_contrastive_loss, latent_regularization, load_lpips, reconstruction_loss)
 from ..modeling_coat import COATModel, mix_latents
 from .pseudo_pairs import PseudoPairOptions, pseudo_exemplar_pair
 from .random import normal, randint, uniform
@@ -69,6 +69,10 @@ class ObjectiveConfig:
         "help": "n of the L_CCL transfer branch (default: drawn per sample in 1..K-1)."})
     transfer_weight: float = field(default=0.0, metadata={
         "help": "γ, weight of the supervised pseudo-exemplar transfer term (0: the paper's objective)."})
+    color_weight: float = field(default=0.0, metadata={
+        "help": "Weight of L_color (a departure, 0: off): the L_CCL transfer's Lab mean and deviation per channel "
+                "pulled to its style photo's, per sample weighted by (K - n) / K, the share of layers the style "
+                "sets; samples whose finest layers a mixed-in style sets are left out."})
     style_mixing_prob: float = field(default=0.0, metadata={
         "help": "Probability that a sample's L_CCL transfer mixes in a second style from a crossover layer on "
                 "(StyleGAN2's style mixing; a departure from COAT; 0: off)."})
@@ -91,7 +95,7 @@ class ObjectiveConfig:
         if self.ccl_hard_negative_rule not in HARD_NEGATIVE_RULES:
             raise ValueError(f"ccl_hard_negative_rule must be one of {HARD_NEGATIVE_RULES}, "
                              f"got {self.ccl_hard_negative_rule!r}")
-        for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight"):
+        for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight", "color_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.train_alignment is not None and self.train_alignment not in ALIGNMENT_RULES:
@@ -186,16 +190,17 @@ class COATTrainingObjective(nn.Module):
             return torch.full_like(keys, self.config.transfer_n)
         return randint(keys, _N_STREAM, 1, max(k, 2))
 
-    def _style_mixing(self, latents: Tensor, style_latents: Tensor, n: Tensor, keys: Tensor) -> Tensor:
+    def _style_mixing(self, latents: Tensor, style_latents: Tensor, n: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
         """Style mixing in the transfer branch (StyleGAN2 Sec. 4's regulariser carried to COAT's hybrids): with
         probability ``style_mixing_prob`` a sample's layers from a crossover m, uniform in n..K, take the aligned
         style vectors of the next sample in its process's batch (its style aligned to its own content). The
         decoder (and the adversarial term, when on) then sees hybrids of three photos, not only of two.
-        (B, K, D) each, ``n`` (B,) -> (B, K, D)."""
+        (B, K, D) each, ``n`` (B,) -> the mixed (B, K, D) and (B,) whether a sample's last layer is mixed in."""
         k = self.model.config.num_modulation_layers
         crossover = n + (uniform(keys, _CROSSOVER_STREAM, 1)[:, 0] * (k - n + 1)).long().clamp_max(k - n)
         mixed = uniform(keys, _MIX_STREAM, 1)[:, 0] < self.config.style_mixing_prob
-        return mix_latents(latents, style_latents.roll(1, dims=0), torch.where(mixed, crossover, k))
+        crossover = torch.where(mixed, crossover, k)
+        return mix_latents(latents, style_latents.roll(1, dims=0), crossover), crossover < k
 
     def _sample_positions(self, mutual: Tensor, foreground: Tensor | None, keys: Tensor, scale: int
                           ) -> tuple[Tensor, Tensor]:
@@ -285,8 +290,9 @@ class COATTrainingObjective(nn.Module):
         # 3. The supervised transfer term on pseudo-exemplar pairs (the real style photo lends its colours).
         n = self._transfer_n(keys)
         transfer_latents = mix_latents(content_latents, style_latents, n)
+        mixed_in = None
         if cfg.style_mixing_prob > 0:
-            transfer_latents = self._style_mixing(transfer_latents, style_latents, n, keys)
+            transfer_latents, mixed_in = self._style_mixing(transfer_latents, style_latents, n, keys)
         decoded = [content_latents, transfer_latents]
         if cfg.transfer_weight > 0:
             decoded.append(mix_latents(content_latents, latents[2], randint(keys, _PSEUDO_N_STREAM, 0, k)))
@@ -299,6 +305,10 @@ class COATTrainingObjective(nn.Module):
         if cfg.ccl_beta > 0:
             parts["ccl"] = self.contrastive_loss(model.encoder(transfer), features[0], mutual, mask, keys)
             loss = loss + cfg.ccl_beta * parts["ccl"]
+        if cfg.color_weight > 0:  # pulled harder the more layers the style sets; not where a mixed-in style ends
+            weight = (k - n).float() / k if mixed_in is None else torch.where(mixed_in, 0.0, (k - n).float() / k)
+            parts["color"] = color_statistics_loss(transfer, style, weight)
+            loss = loss + cfg.color_weight * parts["color"]
         if cfg.transfer_weight > 0:
             parts["transfer"], _ = self._rec(outputs[2], target, mask)
             loss = loss + cfg.transfer_weight * parts["transfer"]
