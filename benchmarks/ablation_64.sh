@@ -7,7 +7,7 @@
 #                                                        adversarial term on transfers and reconstructions; three
 #                                                        arms side by side, scored with nearest matches)
 #   bash benchmarks/ablation_64.sh MINUTES color        (L_color: the recipe with style mixing, with and without
-#                                                        --color_weight 1, side by side, nearest)
+#                                                        --color_weight 20, side by side, nearest)
 #   bash benchmarks/ablation_64.sh MINUTES vgg          (item 5: the recipe with style mixing, matched on E's own
 #                                                        maps and on frozen VGG16 maps, side by side, nearest)
 set -euo pipefail
@@ -38,7 +38,7 @@ if [ "$SET" = hybrids ]; then
 fi
 if [ "$SET" = color ]; then  # L_color (--color_weight) on the recipe with style mixing, scored with nearest matches
   train recipe-mixing --style_mixing_prob 0.9 &
-  train recipe-mixing-color --style_mixing_prob 0.9 --color_weight 1.0 &
+  train recipe-mixing-color --style_mixing_prob 0.9 --color_weight 20 &
   wait
   for arm in recipe-mixing recipe-mixing-color; do evaluate $arm nearest & done
   wait

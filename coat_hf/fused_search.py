@@ -110,7 +110,7 @@ if triton is not None:
 
     @triton_op("coat_hf::search_maxima", mutates_args=())
     def _search_maxima_op(f1: Tensor, f2: Tensor, columns: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return _reduce(*_launch(f1, f2, columns, wrap_triton), columns, f1.dtype)
+        return _reduce(*_launch(f1, f2, columns, wrap_triton), columns, torch.float32)
 
 
 def search_maxima(f1: Tensor, f2: Tensor, columns: bool = True, interpret: bool = False
@@ -118,8 +118,14 @@ def search_maxima(f1: Tensor, f2: Tensor, columns: bool = True, interpret: bool 
     """Row maxima and first arg-maxima of S = f1 @ f2 for unit maps f1 (B, N1, C) and f2 (B, C, N2), and with
     ``columns`` the column maxima and their first arg-maxima: (B, N1), (B, N1) int64, (B, N2), (B, N2) int64 (the
     last two empty without ``columns``), values in f1's dtype. No graph: the matches are discrete.
-    ``interpret`` launches the kernel directly (Triton's interpreter, ``TRITON_INTERPRET=1``, runs it on CPUs)."""
+    Under autocast the products take autocast's dtype (bf16 on tensor cores, float32 accumulation), as the blocked
+    search's matrix products do; float32 inputs otherwise give IEEE float32 products. ``interpret`` launches the
+    kernel directly (Triton's interpreter, ``TRITON_INTERPRET=1``, runs it on CPUs)."""
     if interpret:
         return _reduce(*_launch(f1, f2, columns, lambda kernel: kernel), columns, f1.dtype)
+    dtype = f1.dtype
+    if torch.is_autocast_enabled(f1.device.type):  # the products in autocast's precision, as the blocked search's
+        dtype = torch.get_autocast_dtype(f1.device.type)
     with torch.no_grad():
-        return _search_maxima_op(f1.detach(), f2.detach(), columns)
+        row_max, row_arg, col_max, col_arg = _search_maxima_op(f1.detach().to(dtype), f2.detach().to(dtype), columns)
+    return row_max.to(f1.dtype), row_arg, col_max.to(f1.dtype), col_arg
