@@ -1,4 +1,4 @@
-"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer) on a batch of content/style pairs.
+"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer + w·L_color) on a batch of content/style pairs.
 
 For content images I1 (B, 3, S, S) and style images I2 of the same category:
 
@@ -17,6 +17,9 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
    :mod:`coat_hf.training.pseudo_pairs`): a pseudo-exemplar style I_s (I1 with another appearance,
    warped) and its target T (the same appearance, unwarped); L_transfer = L_rec(D(content codes for
    layers < n, aligned I_s codes for layers ≥ n), T) with n drawn per sample in 0..K-1.
+
+4. L_color (``color_weight`` > 0; a departure): the transfer I_{2→1}'s Lab mean and standard deviation per channel
+   pulled to I2's (:func:`coat_hf.losses.color_statistics_loss`), per sample weighted by (K − n)/K.
 
 With ``batch_branches`` (the default on accelerators) each network is called once per step on the branches'
 concatenated batches (E on I1, I2, I_s; one alignment for both styles; E_mod and D on all three), its outputs
@@ -305,8 +308,10 @@ class COATTrainingObjective(nn.Module):
         if cfg.ccl_beta > 0:
             parts["ccl"] = self.contrastive_loss(model.encoder(transfer), features[0], mutual, mask, keys)
             loss = loss + cfg.ccl_beta * parts["ccl"]
-        if cfg.color_weight > 0:  # pulled harder the more layers the style sets; not where a mixed-in style ends
-            weight = (k - n).float() / k if mixed_in is None else torch.where(mixed_in, 0.0, (k - n).float() / k)
+        if cfg.color_weight > 0:  # 4. pulled harder the more layers the style sets; not where a mixed-in style ends
+            weight = (k - n).float() / k  # (B,)
+            if mixed_in is not None:
+                weight = torch.where(mixed_in, 0.0, weight)
             parts["color"] = color_statistics_loss(transfer, style, weight)
             loss = loss + cfg.color_weight * parts["color"]
         if cfg.transfer_weight > 0:
