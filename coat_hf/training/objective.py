@@ -1,4 +1,4 @@
-"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer + w·L_color) on a batch of content/style pairs.
+"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer + w·L_color) on a batch of pairs.
 
 For content images I1 (B, 3, S, S) and style images I2 of the same category:
 
