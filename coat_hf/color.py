@@ -53,6 +53,14 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
     )
 
 
+def lab_statistics(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """An image's Lab values and their per-channel mean and standard deviation over the whole image, the
+    statistics Reinhard's transfer matches: (B, 3, H, W) in [-1, 1] -> Lab (B, 3, H, W), mean and std
+    (B, 3, 1, 1), in float32."""
+    lab = rgb_to_lab((image.float() + 1) / 2)
+    return lab, lab.mean(dim=(2, 3), keepdim=True), lab.std(dim=(2, 3), keepdim=True)
+
+
 def match_color(image: Tensor, reference: Tensor) -> Tensor:
     """Reinhard et al. (2001) colour transfer: ``out = (x − μ_image) σ_reference / σ_image + μ_reference`` per Lab
     channel, statistics over the whole image.
@@ -63,8 +71,7 @@ def match_color(image: Tensor, reference: Tensor) -> Tensor:
     _check_image(reference, "reference")
     if image.shape[0] != reference.shape[0]:
         raise ValueError(f"image and reference need the same batch size, got {image.shape[0]} and {reference.shape[0]}")
-    image_lab, reference_lab = rgb_to_lab((image.float() + 1) / 2), rgb_to_lab((reference.float() + 1) / 2)
-    mean_i, std_i = image_lab.mean(dim=(2, 3), keepdim=True), image_lab.std(dim=(2, 3), keepdim=True)
-    mean_r, std_r = reference_lab.mean(dim=(2, 3), keepdim=True), reference_lab.std(dim=(2, 3), keepdim=True)
+    image_lab, mean_i, std_i = lab_statistics(image)
+    _, mean_r, std_r = lab_statistics(reference)
     lab = (image_lab - mean_i) * std_r / std_i.clamp_min(1e-6) + mean_r
     return (lab_to_rgb(lab).clamp(0, 1) * 2 - 1).to(image.dtype)

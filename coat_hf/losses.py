@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .color import rgb_to_lab
+from .color import lab_statistics
 from .lpips_weights import load_lpips
 
 
 __all__ = [
     "HARD_NEGATIVE_RULES",
     "LATENT_REGULARIZATIONS",
+    "color_statistics_loss",
     "correspondence_contrastive_loss",
     "latent_regularization",
-    "color_statistics_loss",
     "load_lpips",
     "lpips_loss",
     "mse_loss",
@@ -77,10 +77,8 @@ def color_statistics_loss(output: Tensor, reference: Tensor, weight: Tensor | No
     output, reference: (B, 3, H, W) in [-1, 1] (computed in float32); weight: optional (B,) per-image weights.
     """
     _check_images(output, reference, None)
-    lab = rgb_to_lab((output.float() + 1) / 2) / 100  # (B, 3, H, W)
-    reference_lab = rgb_to_lab((reference.float() + 1) / 2) / 100
-    per_image = ((lab.mean(dim=(2, 3)) - reference_lab.mean(dim=(2, 3))).square()
-                 + (lab.std(dim=(2, 3)) - reference_lab.std(dim=(2, 3))).square()).mean(dim=1)  # (B,)
+    (_, mean, std), (_, reference_mean, reference_std) = lab_statistics(output), lab_statistics(reference)
+    per_image = (((mean - reference_mean) / 100).square() + ((std - reference_std) / 100).square()).mean(dim=(1, 2, 3))
     return (per_image if weight is None else per_image * weight).mean()
 
 

@@ -352,7 +352,8 @@ class Trainer:
         self.objective, self.optimizer, self.scheduler = acc.prepare(self.objective, self.optimizer, self.scheduler)
         acc.register_for_checkpointing(self.ema, self.state)
         self.checkpoint_root = self.output_dir / "checkpoints"
-        self.compile_cache_loaded = bool(args.compile_cache) and load_compile_cache(args.compile_cache)
+        self.compile_cache_loaded = (bool(args.compile_cache) and not self.export_only
+                                     and load_compile_cache(args.compile_cache))
         if args.compile and args.compile_scope == "objective":  # one graph (tests: no graph break), fwd and bwd
             self.objective.compile(mode=args.compile_mode)
         elif args.compile:  # each network on its own (measured on an H100); the alignments and L_CCL stay eager
