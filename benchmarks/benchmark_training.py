@@ -136,7 +136,9 @@ def measure(train_args: list[str], warmup: int, steps: int, profile_path: Path |
         "matmul_tflops": rate, "matmul_dtype": "bfloat16" if bf16 else "float32",
         "fraction_of_matmul_rate": achieved / (rate * acc.num_processes),  # each process has its own cores / GPU
         "train_alignment": config.objective.train_alignment,
-        "batch_branches": config.objective.branches_batched(device), **profiled,
+        "batch_branches": config.objective.branches_batched(device),
+        "alignment_kernel": trainer.model.config.alignment_kernel, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        **profiled,
     }
 
 

@@ -143,9 +143,9 @@ class COATConfig(PretrainedConfig):
             ``"nearest"`` or ``"soft"`` (departures, see ``coat_hf.correspondence.align_features``).
         alignment_temperature: the softmax temperature of the ``"soft"`` rule.
         alignment_block_size: content positions per block in the blocked correspondence search.
-        alignment_kernel: ``"blocked"`` (blocks of S in memory, every device) or ``"fused"`` (one Triton kernel on
-            CUDA devices, S never written: ``coat_hf.fused_search``; elsewhere the blocked search). The same matches
-            up to float rounding ties.
+        alignment_kernel: ``"fused"`` (one Triton kernel on CUDA devices, S never written: ``coat_hf.fused_search``;
+            elsewhere the blocked search) or ``"blocked"`` (blocks of S in memory, every device). The same matches
+            in float32; in bfloat16 the fused kernel keeps S in float32 where the blocked search rounds it.
         match_features: the maps Eq. 1-2 compare: ``"encoder"`` (E's own, the paper) or ``"vgg16"`` (frozen
             ImageNet VGG16 maps at E's strides, a departure that matches semantically from the first training
             step; see ``coat_hf.matching_features``). Eq. 3 moves E's features either way.
@@ -173,7 +173,7 @@ class COATConfig(PretrainedConfig):
         alignment: str = "mutual",
         alignment_temperature: float = 0.05,
         alignment_block_size: int = 1024,
-        alignment_kernel: str = "blocked",
+        alignment_kernel: str = "fused",
         match_features: str = "encoder",
         modulation_pyramid: bool = False,
         noise_mode: str = "random",

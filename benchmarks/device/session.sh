@@ -93,5 +93,8 @@ if [ "${TRAIN:-1}" = 1 ] && python -c "import sys; sys.exit($(minutes_left) < 1)
 else
   log "no time left to train"
 fi
+for cache in $(find $RES/compile -name '*.bin' -size +30M); do  # too large to come back (8 files of 16 MiB)
+  log "$(basename $cache): $(du -m $cache | cut -f1) MB, not brought back"; rm $cache
+done
 cd $RES && tar cf - --exclude=checkpoints . | split -b 15m -d - "$OUT/res.tar."
 cp $RES/session.log "$OUT/"
