@@ -1,13 +1,15 @@
 """The fused search kernel (``coat_hf.fused_search``): on CPUs through Triton's interpreter, on CUDA for real."""
 
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from coat_hf import COATConfig
+from coat_hf import COATConfig, fused_search
 from coat_hf.correspondence import align_features, find_correspondence
 
 triton = pytest.importorskip("triton")
@@ -27,6 +29,10 @@ torch.manual_seed(3)
 for b, c, (h1, w1), (h2, w2) in [(2, 40, (10, 10), (9, 10)), (1, 130, (8, 9), (12, 11))]:  # ragged tiles
     content, style = torch.randn(b, c, h1, w1), torch.randn(b, c, h2, w2)
     style[:, :, 1] = style[:, :, 4]  # a duplicated style row: exact ties
+    if h2 * w2 > 128:  # ties across tiles: the same lane of the next tile, another lane, the next row tile
+        style.view(b, c, -1)[:, :, 67] = style.view(b, c, -1)[:, :, 3]
+        style.view(b, c, -1)[:, :, 100] = style.view(b, c, -1)[:, :, 5]
+        content.view(b, c, -1)[:, :, 66] = content.view(b, c, -1)[:, :, 2]
     f1, f2 = _unit_maps(content, style)
     expected = _blocked_pass(f1, f2, 1024, None, style, None)[:4]
     fused = search_maxima(f1, f2, interpret=True)
@@ -134,3 +140,25 @@ def test_the_objective_with_the_fused_search_has_the_same_losses():
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", _OBJECTIVE], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def _search_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_search.py"
+    spec = importlib.util.spec_from_file_location("benchmark_search", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists(),
+                    reason="needs Triton's NVIDIA backend tools")
+def test_the_kernel_compiles_for_an_h100_without_spills():
+    """Compiled for sm_90 without a GPU (``benchmarks/benchmark_search.py --registers``): the default launch in
+    bfloat16, the content rows held in registers (48 channels, one slice) or sliced (96), keeps every value in
+    registers; a 255-register candidate reports its spills."""
+    benchmark = _search_benchmark()
+    for channels in (48, 96):
+        count, spilled = benchmark.registers(fused_search.LAUNCH, channels)
+        assert 0 < count <= 255 and spilled == 0, (channels, count, spilled)
+    heavy = {**fused_search.LAUNCH, "BLOCK_N": 128, "LANES": True, "num_warps": 4}
+    assert benchmark.registers(heavy, 48)[1] > 0

@@ -7,8 +7,9 @@
 # FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
 # from those weights (--init_from); a missing .gl/faces, .gl/cats or .gl/horses skips that model (the horse model
 # starts from the bundled cat model's weights, which must then travel).
-# BENCH: "engine" (default: the CUDA tests unless CUDA_TESTS=0, then the step at batch $BATCH as ENGINE_VARIANTS
-# lists: "eager" or scope:mode pairs, each optionally followed by /key=value training flags, e.g.
+# BENCH: "engine" (default: the CUDA tests unless CUDA_TESTS=0, the fused search's launch candidates timed alone
+# unless SEARCH=0 (benchmarks/benchmark_search.py, up to SEARCH_S=150 s), then the step at batch $BATCH as
+# ENGINE_VARIANTS lists: "eager" or scope:mode pairs, each optionally followed by /key=value training flags, e.g.
 # "objective:default/batch_branches=false"; by default eager, then the objective compiled; each up to
 # ENGINE_S=330 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
 # e.g. a second call on the warm machine); every benchmark row also profiles 3 steps. Training runs when at least a
@@ -35,6 +36,10 @@ if [ "$BENCH" != none ] && [ "${CUDA_TESTS:-1}" = 1 ]; then
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_training_cuda.py tests/test_fused_search.py \
     tests/test_correspondence.py::test_cuda_search_equals_the_cpu_search > $RES/cuda_test.log 2>&1
   log "cuda test: $(tail -1 $RES/cuda_test.log)"
+fi
+if [ "$BENCH" = engine ] && [ "${SEARCH:-1}" = 1 ]; then  # the fused search's launch candidates, each scale timed
+  timeout ${SEARCH_S:-150} python benchmarks/benchmark_search.py --out $RES/search.json > $RES/search.log 2>&1
+  log "search kernel: $(grep -c ' ms ' $RES/search.log) candidate timings in search.log"
 fi
 if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the face photos
   bench() {  # label batch [training arguments]: one benchmark row, up to ENGINE_S seconds
