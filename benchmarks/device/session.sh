@@ -10,7 +10,7 @@
 # BENCH: "engine" (default: the CUDA tests unless CUDA_TESTS=0, the fused search's launch candidates timed alone
 # unless SEARCH=0 (benchmarks/benchmark_search.py, up to SEARCH_S=150 s), then the step at batch $BATCH as
 # ENGINE_VARIANTS lists: "eager" or scope:mode pairs, each optionally followed by /key=value training flags, e.g.
-# "objective:default/batch_branches=false"; by default eager, then the objective compiled; each up to
+# "objective:default/batch_branches=false", or "none"; by default eager, then the objective compiled; each up to
 # ENGINE_S=330 s and within LIMIT; then the fastest at batch 128 when time allows) or "none" (straight to training,
 # e.g. a second call on the warm machine); every benchmark row also profiles 3 steps. Training runs when at least a
 # minute is left (TRAIN=0: never), for the models MODELS lists (default "face cat horse"); FACE_ARGS / CAT_ARGS /
@@ -55,6 +55,7 @@ if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the fa
   }
   HOLDOUT=$(( $(ls .gl/faces | wc -l) - 1000 ))
   for entry in ${ENGINE_VARIANTS:-eager objective:default}; do
+    [ "$entry" = none ] && continue  # ENGINE_VARIANTS=none: no step rows, training measures the step itself
     variant=${entry%%/*} flags=()  # "/key=value" suffixes become training flags: eager/batch_branches=false
     [ "$entry" != "$variant" ] && for pair in $(tr / ' ' <<< "${entry#*/}"); do flags+=(--${pair%%=*} ${pair#*=}); done
     label=$(sed 's/[^A-Za-z0-9_.-]\+/-/g' <<< "$entry")
