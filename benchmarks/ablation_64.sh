@@ -8,6 +8,7 @@
 #                                                        arms side by side, scored with nearest matches)
 #   bash benchmarks/ablation_64.sh MINUTES color        (L_color: the recipe with style mixing, with and without
 #                                                        --color_weight 20, side by side, nearest)
+#   bash benchmarks/ablation_64.sh MINUTES color-weight (L_color's weight, 20 against 60, side by side, nearest)
 #   bash benchmarks/ablation_64.sh MINUTES vgg          (item 5: the recipe with style mixing, matched on E's own
 #                                                        maps and on frozen VGG16 maps, side by side, nearest)
 set -euo pipefail
@@ -41,6 +42,14 @@ if [ "$SET" = color ]; then  # L_color (--color_weight) on the recipe with style
   train recipe-mixing-color --style_mixing_prob 0.9 --color_weight 20 &
   wait
   for arm in recipe-mixing recipe-mixing-color; do evaluate $arm nearest & done
+  wait
+  exit
+fi
+if [ "$SET" = color-weight ]; then  # L_color's weight: the adopted 20 against 60, side by side, nearest
+  train recipe-mixing-color --style_mixing_prob 0.9 --color_weight 20 &
+  train recipe-mixing-color60 --style_mixing_prob 0.9 --color_weight 60 &
+  wait
+  for arm in recipe-mixing-color recipe-mixing-color60; do evaluate $arm nearest & done
   wait
   exit
 fi
