@@ -9,6 +9,7 @@
 #   bash benchmarks/ablation_64.sh MINUTES color        (L_color: the recipe with style mixing, with and without
 #                                                        --color_weight 20, side by side, nearest)
 #   bash benchmarks/ablation_64.sh MINUTES color-weight (L_color's weight, 20 against 60, side by side, nearest)
+#   bash benchmarks/ablation_64.sh MINUTES transfer-weight (the transfer term's weight, 1 against 0.5, L_color on)
 #   bash benchmarks/ablation_64.sh MINUTES vgg          (item 5: the recipe with style mixing, matched on E's own
 #                                                        maps and on frozen VGG16 maps, side by side, nearest)
 set -euo pipefail
@@ -50,6 +51,14 @@ if [ "$SET" = color-weight ]; then  # L_color's weight: the adopted 20 against 6
   train recipe-mixing-color60 --style_mixing_prob 0.9 --color_weight 60 &
   wait
   for arm in recipe-mixing-color recipe-mixing-color60; do evaluate $arm nearest & done
+  wait
+  exit
+fi
+if [ "$SET" = transfer-weight ]; then  # the transfer term's weight γ: 1 (adopted) against 0.5, with L_color, nearest
+  train recipe-mixing-color --style_mixing_prob 0.9 --color_weight 20 &
+  train recipe-mixing-color-transfer05 --style_mixing_prob 0.9 --color_weight 20 --transfer_weight 0.5 &
+  wait
+  for arm in recipe-mixing-color recipe-mixing-color-transfer05; do evaluate $arm nearest & done
   wait
   exit
 fi

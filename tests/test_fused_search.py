@@ -13,13 +13,14 @@ from coat_hf import COATConfig, fused_search
 from coat_hf.correspondence import align_features, find_correspondence
 
 triton = pytest.importorskip("triton")
-interpreted = pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter checks are for CPU machines: the "
-                                 "CUDA tests run the compiled kernel (older Tritons' interpreters fail on it)")
+without_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks for machines without a GPU (the "
+                                 "interpreter, compiling for sm_90): with one, the CUDA tests run the real kernel")
 
 
 def _unit_pair(f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both maps with unit-length channel vectors, as Eq. 1 compares them."""
     return torch.nn.functional.normalize(f1.float(), dim=1), torch.nn.functional.normalize(f2.float(), dim=1)
+
 
 _INTERPRETED = """
 import torch
@@ -48,7 +49,7 @@ print("ok")
 """
 
 
-@interpreted
+@without_gpu
 def test_the_kernel_finds_the_blocked_search_maxima():
     """Run by Triton's interpreter on the CPU: the same row and column arg-maxima as the blocked pass, ties
     included, for sizes that leave ragged tiles (rows, columns and channels)."""
@@ -132,7 +133,7 @@ print("ok")
 """
 
 
-@interpreted
+@without_gpu
 def test_the_objective_with_the_fused_search_has_the_same_losses():
     """The training objective with ``alignment_kernel="fused"`` (the kernel interpreted on the CPU; whether it stays
     one graph for ``torch.compile`` needs a real kernel: the CUDA test): the blocked search's losses; the FLOP
@@ -150,6 +151,7 @@ def _search_benchmark():
     return module
 
 
+@without_gpu
 @pytest.mark.skipif(not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists(),
                     reason="needs Triton's NVIDIA backend tools")
 def test_the_kernel_compiles_for_an_h100_without_spills():
