@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from coat_hf import COATConfig, COATModel
-from coat_hf import fused_search
+from coat_hf import COATConfig, COATModel, fused_search
 from coat_hf.correspondence import _blocked_pass, _unit_maps
 
 REPO = Path(__file__).resolve().parents[1]
