@@ -125,6 +125,15 @@ def main() -> None:
     parser.add_argument("--registers", action="store_true", help="compile for sm_90 and count registers, no GPU")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    for name in ("batch", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("block_n", "max_block_c", "warps"):
+        bad = [v for v in getattr(args, name) if v < 1 or v & (v - 1) or (name != "warps" and v < 16)]
+        if bad:
+            parser.error(f"--{name} takes powers of two{'' if name == 'warps' else ' from 16'}, got {bad}")
+    if min(args.stages) < 1:
+        parser.error(f"--stages must be at least 1, got {args.stages}")
     if fused_search.triton is None:
         parser.error("the fused search needs Triton (pip install triton)")
     if not args.registers and not torch.cuda.is_available():

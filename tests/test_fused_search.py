@@ -164,3 +164,11 @@ def test_the_kernel_compiles_for_an_h100_without_spills():
         assert 0 < count <= 255 and spilled == 0, (channels, count, spilled)
     heavy = {**fused_search.LAUNCH, "BLOCK_N": 128, "LANES": True, "num_warps": 4}
     assert benchmark.registers(heavy, 48)[1] > 0
+
+
+@pytest.mark.parametrize("argument, message", [(["--block_n", "48"], "--block_n takes powers of two from 16"),
+                                               (["--batch", "0"], "--batch must be at least 1")])
+def test_the_search_benchmark_refuses_bad_settings(argument, message):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_search.py"
+    done = subprocess.run([sys.executable, str(path), "--registers", *argument], capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1]
