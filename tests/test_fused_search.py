@@ -25,7 +25,7 @@ def _unit_pair(f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, torch.
 _INTERPRETED = """
 import torch
 from coat_hf.correspondence import _blocked_pass, _unit_maps
-from coat_hf.fused_search import search_maxima
+from coat_hf.fused_search import LAUNCH, _launch, _reduce, search_maxima
 torch.manual_seed(3)
 for b, c, (h1, w1), (h2, w2) in [(2, 40, (10, 10), (9, 10)), (1, 130, (8, 9), (12, 11))]:  # ragged tiles
     content, style = torch.randn(b, c, h1, w1), torch.randn(b, c, h2, w2)
@@ -45,6 +45,9 @@ for b, c, (h1, w1), (h2, w2) in [(2, 40, (10, 10), (9, 10)), (1, 130, (8, 9), (1
         else:
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert torch.equal(rows_only[1], expected[1]) and rows_only[2].numel() == 0
+    for launch in ({**LAUNCH, "LANES": True}, {**LAUNCH, "LANES": True, "BLOCK_N": 32, "MAX_BLOCK_C": 16}):
+        found = _reduce(*_launch(f1, f2, True, lambda kernel: kernel, launch), True, f1.dtype)  # other candidates
+        assert all(torch.equal(found[i], expected[i]) for i in (1, 3)), launch
 print("ok")
 """
 
@@ -52,7 +55,8 @@ print("ok")
 @without_gpu
 def test_the_kernel_finds_the_blocked_search_maxima():
     """Run by Triton's interpreter on the CPU: the same row and column arg-maxima as the blocked pass, ties
-    included, for sizes that leave ragged tiles (rows, columns and channels)."""
+    included, for sizes that leave ragged tiles (rows, columns and channels); the default launch and the per-lane
+    row arg-max, with narrower tiles and channel slices."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
