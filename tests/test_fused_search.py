@@ -10,17 +10,11 @@ import pytest
 import torch
 
 from coat_hf import COATConfig, fused_search
-from coat_hf.correspondence import align_features, find_correspondence
+from coat_hf.correspondence import _unit_maps, align_features, find_correspondence
 
 triton = pytest.importorskip("triton")
 without_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks for machines without a GPU (the "
                                  "interpreter, compiling for sm_90): with one, the CUDA tests run the real kernel")
-
-
-def _unit_pair(f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both maps with unit-length channel vectors, as Eq. 1 compares them."""
-    return torch.nn.functional.normalize(f1.float(), dim=1), torch.nn.functional.normalize(f2.float(), dim=1)
-
 
 _INTERPRETED = """
 import torch
@@ -97,7 +91,7 @@ def test_cuda_fused_search_equals_the_blocked_search(dtype):
         if dtype == torch.float32:
             assert torch.equal(fused.nearest, blocked.nearest)
         else:  # the blocked products come out rounded to bfloat16 (many ties), the fused ones stay float32
-            similarity = torch.einsum("bcn,bcm->bnm", *(unit.flatten(2).float() for unit in _unit_pair(f1, f2)))
+            similarity = torch.bmm(*_unit_maps(f1.float(), f2.float()))  # Eq. 1 in float32, (B, N1, N2)
             best = similarity.amax(-1)
             for found in (fused, blocked):
                 assert (best - similarity.gather(-1, found.nearest[..., None])[..., 0]).max() < 1e-2
