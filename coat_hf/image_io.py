@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import logging
 import os
 import struct
 import threading
@@ -33,7 +32,6 @@ from PIL import ImageOps
 if TYPE_CHECKING:  # torch is not needed to load images: `import coat_hf.image_io` stays light
     from torch import Tensor
 
-logger = logging.getLogger(__name__)
 
 ImageInput = Union[PIL.Image.Image, str, os.PathLike, np.ndarray, bytes]
 
@@ -70,9 +68,6 @@ MAX_DOWNLOAD_BYTES: int = _positive_setting("COAT_MAX_DOWNLOAD_BYTES", 100 * 2**
 _DOWNLOAD_CHUNK = 2**16
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _ICO_MAGIC = b"\x00\x00\x01\x00"
-
-REQUEST_TIMEOUT_S = 60
-"""Seconds a URL download may wait for the server to connect or send (as diffusers' ``load_image``)."""
 
 OUTPUT_SIZES = ("content", "model")
 """How a result is sized: like the content image, or the model's square ``image_size``."""
@@ -267,16 +262,6 @@ def to_pil(pixel_values: Tensor) -> PIL.Image.Image:
     """(3, H, W) in [-1, 1] (any float dtype) -> RGB PIL image; values outside are clipped."""
     rgb = ((pixel_values.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()  # (3, H, W) uint8
     return PIL.Image.fromarray(rgb.permute(1, 2, 0).cpu().numpy())
-
-
-def load_image_or_skip(image: ImageInput, name: str = "image") -> PIL.Image.Image | None:
-    """:func:`load_image`, but an unreadable image (missing, truncated, not an image, a decompression bomb, ...)
-    is logged as a warning and gives ``None``: for datasets that pass over bad files."""
-    try:
-        return load_image(image, name)
-    except ValueError as err:
-        logger.warning("skipping an unreadable image: %s", err)
-        return None
 
 
 # --- Folders, class sub-folders and masks --------------------------------------------------------------------

@@ -16,7 +16,6 @@ from coat_hf.image_io import (
     image_and_mask_folders,
     image_class,
     load_image,
-    load_image_or_skip,
     read_pairs_csv,
 )
 
@@ -91,17 +90,16 @@ def test_find_images_with_class_folders_masks_and_one_extension_list(tmp_path):
         find_mask(masks_dir, images_dir / "cat/2.jpg", images_dir)
 
 
-def test_loader_for_datasets_raises_or_skips_unreadable_files(tmp_path, monkeypatch, caplog):
+def test_load_image_raises_a_value_error_for_unreadable_files(tmp_path, monkeypatch):
     good, broken = tmp_path / "good.png", tmp_path / "broken.jpg"
     make_shape_image(32, 0).save(good)
     broken.write_bytes(good.read_bytes()[:40])
     assert load_image(good.read_bytes()).size == (32, 32)  # bytes, as 🤗 datasets hold images
-    assert load_image_or_skip(good).size == (32, 32)
-    assert load_image_or_skip(broken, "broken") is None and "skipping an unreadable image: broken" in caplog.text
+    with pytest.raises(ValueError, match="broken"):
+        load_image(broken, "broken")
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)  # PIL raises DecompressionBombError above 2x this
     with pytest.raises(ValueError, match="too large to decode safely"):
         load_image(good)
-    assert load_image_or_skip(good) is None
 
 
 def test_pairs_csv(tmp_path):
