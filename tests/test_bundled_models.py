@@ -26,7 +26,8 @@ def test_bundled_model_loads_and_is_small(name):
     weights = list(folder.glob("*.safetensors"))  # one file or shards of at most 15 MB
     assert weights and sum(f.stat().st_size for f in weights) < 30 * 2**20
     assert all(f.stat().st_size <= 15 * 10**6 for f in weights)
-    assert (folder / "README.md").exists()
+    card = Path(__file__).parents[1] / "model_card.md"  # the one card, copied into every trained model's folder
+    assert (folder / "README.md").read_text() == card.read_text(), f"copy model_card.md to {folder}/README.md"
     model = COATModel.from_pretrained(folder, dtype=torch.float32).eval()
     assert model.config.image_size >= 128
     processor = COATImageProcessor.from_pretrained(folder)  # saved with the model

@@ -372,6 +372,29 @@ def test_compare_says_whether_a_candidate_beats_the_baseline_everywhere(tmp_path
     assert "not better on 6 of 6" in capsys.readouterr().out
 
 
+def test_compare_lists_but_does_not_count_style_distances_at_n_equal_k(tmp_path, capsys):
+    """At n = K the output is the content's reconstruction: its distances to the style are shown, not counted."""
+    from coat_hf.evaluation.compare import main as compare_main
+
+    def results(shift: float, style_shift_at_k: float) -> dict:
+        out = json.loads(json.dumps(_results(shift)))  # the rows share their summaries: copy them apart
+        out["config"] = {"num_modulation_layers": 5}  # so the "coat n=5" row is n = K
+        at_k = out["methods"][1]["transfer"]["swd_lab"]
+        at_k["values"] = [v + style_shift_at_k for v in at_k["values"]]
+        at_k["mean"] += style_shift_at_k
+        return out
+
+    (tmp_path / "baseline.json").write_text(json.dumps(results(0.0, 0.0)))
+    (tmp_path / "further.json").write_text(json.dumps(results(1.0, 1.0)))  # better everywhere but n = K's SWD Lab
+    assert compare_main([str(tmp_path / "baseline.json"), str(tmp_path / "further.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| coat n=5 | SWD Lab ↓ |" in out and "baseline (not counted: n = K) |" in out
+    assert "better on all 5 metrics" in out
+    (tmp_path / "worse_structure.json").write_text(json.dumps(results(-1.0, -3.0)))  # structure at n = K counts
+    assert compare_main([str(tmp_path / "baseline.json"), str(tmp_path / "worse_structure.json")]) == 1
+    assert "coat n=5 structure" in capsys.readouterr().out
+
+
 def test_compare_refuses_evaluations_of_different_photos(tmp_path, capsys):
     from coat_hf.evaluation.compare import main as compare_main
 
