@@ -10,6 +10,8 @@
 #                                                        --color_weight 20, side by side, nearest)
 #   bash benchmarks/ablation_64.sh MINUTES color-weight (L_color's weight, 20 against 60, side by side, nearest)
 #   bash benchmarks/ablation_64.sh MINUTES transfer-weight (the transfer term's weight, 1 against 0.5, L_color on)
+# Every arm starts from recipe-64.yaml with the values it had when the first arms were measured (no style mixing,
+# no L_color, γ = 1) and sets what it tests, so each set reproduces its arms as measured whatever the recipe adopts.
 #   bash benchmarks/ablation_64.sh MINUTES vgg          (item 5: the recipe with style mixing, matched on E's own
 #                                                        maps and on frozen VGG16 maps, side by side, nearest)
 set -euo pipefail
@@ -23,43 +25,43 @@ train() {  # name, then overrides of training/configs/recipe-64.yaml
   local name=$1; shift
   python training/train.py --config training/configs/recipe-64.yaml --data_dir "$DATA/celeba/train" \
     --output_dir "$OUT/$name" --num_workers 0 --max_minutes "$MINUTES" --resume latest \
-    --style_mixing_prob 0 "$@" > "$OUT/$name.log" 2>&1  # the arms as measured: mixing only where an arm asks
+    --style_mixing_prob 0 --color_weight 0 --transfer_weight 1 "$@" > "$OUT/$name.log" 2>&1
 }
 evaluate() {  # name, alignment rule
   python -m coat_hf.evaluation --model "$OUT/$1/final" --data "$DATA/celeba/val" --out "$OUT/eval/$1-$2" \
     --alignment "$2" --num-pairs 30 --num-reconstruction 20 --threads 1 > "$OUT/eval-$1-$2.log" 2>&1
+}
+score() {  # the arms named, side by side, with nearest matches
+  for arm in "$@"; do evaluate "$arm" nearest & done
+  wait
 }
 if [ "$SET" = hybrids ]; then
   train recipe &
   train recipe-mixing --style_mixing_prob 0.9 &
   train recipe-adversarial --adversarial true --disc_max_channels 64 &  # a discriminator sized to the tiny generator
   wait
-  for arm in recipe recipe-mixing recipe-adversarial; do evaluate $arm nearest & done
-  wait
+  score recipe recipe-mixing recipe-adversarial
   exit
 fi
 if [ "$SET" = color ]; then  # L_color (--color_weight) on the recipe with style mixing, scored with nearest matches
   train recipe-mixing --style_mixing_prob 0.9 &
   train recipe-mixing-color --style_mixing_prob 0.9 --color_weight 20 &
   wait
-  for arm in recipe-mixing recipe-mixing-color; do evaluate $arm nearest & done
-  wait
+  score recipe-mixing recipe-mixing-color
   exit
 fi
 if [ "$SET" = color-weight ]; then  # L_color's weight: the adopted 20 against 60, side by side, nearest
   train recipe-mixing-color --style_mixing_prob 0.9 --color_weight 20 &
   train recipe-mixing-color60 --style_mixing_prob 0.9 --color_weight 60 &
   wait
-  for arm in recipe-mixing-color recipe-mixing-color60; do evaluate $arm nearest & done
-  wait
+  score recipe-mixing-color recipe-mixing-color60
   exit
 fi
-if [ "$SET" = transfer-weight ]; then  # the transfer term's weight γ: 1 (adopted) against 0.5, with L_color, nearest
+if [ "$SET" = transfer-weight ]; then  # the transfer term's weight γ: 1 against 0.5 (adopted), with L_color, nearest
   train recipe-mixing-color --style_mixing_prob 0.9 --color_weight 20 &
   train recipe-mixing-color-transfer05 --style_mixing_prob 0.9 --color_weight 20 --transfer_weight 0.5 &
   wait
-  for arm in recipe-mixing-color recipe-mixing-color-transfer05; do evaluate $arm nearest & done
-  wait
+  score recipe-mixing-color recipe-mixing-color-transfer05
   exit
 fi
 if [ "$SET" = vgg ]; then
@@ -67,8 +69,7 @@ if [ "$SET" = vgg ]; then
   train recipe-mixing-vgg --style_mixing_prob 0.9 \
     --model_overrides "{alignment: nearest, modulation_pyramid: true, match_features: vgg16}" &
   wait
-  for arm in recipe-mixing recipe-mixing-vgg; do evaluate $arm nearest & done
-  wait
+  score recipe-mixing recipe-mixing-vgg
   exit
 fi
 # The paper's objective; + the transfer term; + the pyramid E_mod; + soft matches in training (all else equal).
