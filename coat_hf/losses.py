@@ -4,6 +4,8 @@
 * `latent_regularization`: L_reg, pSp's W-norm or e4e's delta regularisation of the style codes.
 * `correspondence_contrastive_loss`: L_CCL, the InfoNCE loss of Eq. 5-6 over matched positions.
 * `color_statistics_loss`: L_color, a departure: Lab means and deviations of an output pulled to a reference's.
+* `structure_loss`: L_struct, a departure: STROTSS's self-similarity distance between an output's and a reference's
+  features (`self_similarity`, `self_similarity_distance`, which the evaluation's structure distance uses too).
 
 LPIPS models with real ImageNet backbones come from `coat_hf.lpips_weights.load_lpips`.
 """
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import lab_statistics
+from .correspondence import cosine_similarity
 from .lpips_weights import load_lpips
 
 
@@ -32,6 +35,9 @@ __all__ = [
     "lpips_loss",
     "mse_loss",
     "reconstruction_loss",
+    "self_similarity",
+    "self_similarity_distance",
+    "structure_loss",
 ]
 
 HARD_NEGATIVE_RULES = ("hardest", "exclude_nearest", "all")
@@ -80,6 +86,41 @@ def color_statistics_loss(output: Tensor, reference: Tensor, weight: Tensor | No
     (_, mean, std), (_, reference_mean, reference_std) = lab_statistics(output), lab_statistics(reference)
     per_image = (((mean - reference_mean) / 100).square() + ((std - reference_std) / 100).square()).mean(dim=(1, 2, 3))
     return (per_image if weight is None else per_image * weight).mean()
+
+
+def self_similarity(features: Tensor, eps: float = 1e-8) -> Tensor:
+    """STROTSS's normalised self-dissimilarity of (B, C, H, W) features: (B, N, N), columns sum to 1."""
+    dissimilarity = 1.0 - cosine_similarity(features, features)  # (B, N, N)
+    return dissimilarity / dissimilarity.sum(dim=1, keepdim=True).clamp_min(eps)
+
+
+def self_similarity_distance(similarity_x: Tensor, similarity_y: Tensor) -> Tensor:
+    """``(1/N) Σ_j Σ_i |D̃^X_ij − D̃^Y_ij|`` of two (B, N, N) ``self_similarity`` matrices: (B,), in [0, 2]."""
+    return (similarity_x - similarity_y).abs().sum(dim=1).mean(dim=1)
+
+
+def lpips_hypercolumns(lpips_model: lpips.LPIPS, images: Tensor, grid_size: int) -> Tensor:
+    """The LPIPS backbone's activations at each of its layers, unit-normalised per position (as LPIPS compares
+    them), resized to ``grid_size`` and concatenated: (B, 3, S, S) in [-1, 1] -> (B, C, g, g)."""
+    grid = (grid_size, grid_size)
+    layers = lpips_model.net(lpips_model.scaling_layer(images))
+    return torch.cat([F.interpolate(lpips.normalize_tensor(h), size=grid, mode="bilinear", align_corners=False,
+                                    antialias=True) for h in layers], dim=1)
+
+
+def structure_loss(lpips_model: lpips.LPIPS, output: Tensor, reference: Tensor, grid_size: int = 16) -> Tensor:
+    """L_struct (a departure from the paper): STROTSS's self-similarity distance (Kolkin et al., 2019, Eq. 4) between
+    ``output``'s and ``reference``'s hypercolumns of the frozen LPIPS backbone on a ``grid_size`` grid, batch mean.
+    It compares each image's layout with itself, so the output may take any colours that keep the reference's
+    layout. (The evaluation's structure distance is the same formula on VGG16 hypercolumns, a different network.)
+
+    output, reference: (B, 3, S, S) in [-1, 1] (computed in float32); no gradient flows into ``reference``.
+    """
+    _check_images(output, reference, None)
+    with torch.no_grad():
+        reference_similarity = self_similarity(lpips_hypercolumns(lpips_model, reference.float(), grid_size))
+    similarity = self_similarity(lpips_hypercolumns(lpips_model, output.float(), grid_size))  # (B, N, N)
+    return self_similarity_distance(similarity, reference_similarity).mean()
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from coat_hf.losses import (
     lpips_loss,
     mse_loss,
     reconstruction_loss,
+    structure_loss,
 )
 from coat_hf.lpips_weights import FETCH_COMMAND, backbone_state_dict, load_lpips, load_numpy_pickle, load_vgg16_features
 
@@ -224,6 +225,22 @@ def test_color_statistics_loss_vanishes_after_global_colour_transfer():
     output = image.clone().requires_grad_()
     color_statistics_loss(output, reference).backward()
     assert output.grad.abs().sum() > 0
+
+
+def test_structure_loss_sees_layout_not_colour(alex, image_pair):
+    """L_struct compares each image's layout with itself: 0 for the reference, small after a global recolouring
+    (darkened and tinted), larger for another layout (a flip, another photo); no gradient reaches the
+    reference."""
+    content, style = image_pair  # (2, 3, 64, 64) shape images
+    gain, offset = torch.tensor([0.8, 0.7, 0.6])[:, None, None], torch.tensor([0.1, -0.1, 0.0])[:, None, None]
+    recoloured = content * gain + offset
+    assert structure_loss(alex, content, content) == 0
+    colour = structure_loss(alex, recoloured, content)
+    assert 0 < colour < structure_loss(alex, content.flip(-1), content) / 2
+    assert colour < structure_loss(alex, style, content) / 2
+    output, reference = recoloured.clone().requires_grad_(), content.clone().requires_grad_()
+    structure_loss(alex, output, reference).backward()
+    assert output.grad.abs().sum() > 0 and reference.grad is None
 
 
 def test_reconstruction_loss_combines_parts(alex):

@@ -266,6 +266,27 @@ def test_the_color_term_weighs_each_transfer_by_the_styles_share_of_layers(image
         ObjectiveConfig(color_weight=-1.0)
 
 
+def test_the_structure_term_compares_each_transfer_with_its_content(image_pair):
+    from coat_hf.losses import structure_loss
+
+    model = COATModel(COATConfig.preset("tiny"))
+    content, style = image_pair
+    keys = sample_keys(0, torch.arange(2))
+    runs = {}
+    for weight in (0.0, 3.0):
+        torch.manual_seed(0)
+        objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, structure_weight=weight))
+        runs[weight] = objective(content, style, keys, None)
+    with_structure, without = runs[3.0], runs[0.0]
+    assert objective.lpips is not None  # loaded for L_struct although λ_lpips = 0
+    expected = structure_loss(objective.lpips, with_structure["transfer_images"], content)
+    assert "structure" not in without and with_structure["structure"] > 0
+    torch.testing.assert_close(with_structure["structure"], expected.detach())
+    torch.testing.assert_close(with_structure["loss"], without["loss"] + 3.0 * expected)
+    with pytest.raises(ValueError, match="structure_weight"):
+        ObjectiveConfig(structure_weight=-1.0)
+
+
 def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():
     model = COATModel(COATConfig.preset("tiny"))
     k = model.config.num_modulation_layers

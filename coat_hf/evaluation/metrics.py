@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..correspondence import cosine_similarity
+from ..losses import self_similarity, self_similarity_distance
 from ..lpips_weights import VGG16_RELUS, imagenet_normalize, load_lpips, load_vgg16_features
 from ..color import rgb_to_lab
 
@@ -68,17 +68,6 @@ class VGGHypercolumns(nn.Module):
             if index in self.indices:
                 columns.append(F.interpolate(h, size=grid, mode="bilinear", align_corners=False, antialias=True))
         return torch.cat(columns, dim=1)  # (B, C, g, g)
-
-
-def self_similarity(features: Tensor, eps: float = 1e-8) -> Tensor:
-    """STROTSS's normalised self-dissimilarity of (B, C, H, W) features: (B, N, N), columns sum to 1."""
-    dissimilarity = 1.0 - cosine_similarity(features, features)  # (B, N, N)
-    return dissimilarity / dissimilarity.sum(dim=1, keepdim=True).clamp_min(eps)
-
-
-def self_similarity_distance(similarity_x: Tensor, similarity_y: Tensor) -> Tensor:
-    """``(1/N) Σ_j Σ_i |D̃^X_ij − D̃^Y_ij|`` of two (B, N, N) ``self_similarity`` matrices: (B,), in [0, 2]."""
-    return (similarity_x - similarity_y).abs().sum(dim=1).mean(dim=1)
 
 
 def structure_distance(features_x: Tensor, features_y: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer + w·L_color) on a batch of pairs.
+"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer + w·L_color + s·L_struct) on a batch.
 
 For content images I1 (B, 3, S, S) and style images I2 of the same category:
 
@@ -20,6 +20,9 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
 
 4. L_color (``color_weight`` > 0; a departure): the transfer I_{2→1}'s Lab mean and standard deviation per channel
    pulled to I2's (:func:`coat_hf.losses.color_statistics_loss`), per sample weighted by (K − n)/K.
+5. L_struct (``structure_weight`` > 0; a departure): STROTSS's self-similarity distance between I_{2→1}'s and I1's
+   hypercolumns of the frozen LPIPS backbone (:func:`coat_hf.losses.structure_loss`): the content's layout kept
+   whatever colours the transfer takes, at every n.
 
 With ``batch_branches`` (the default on accelerators) each network is called once per step on the branches'
 concatenated batches (E on I1, I2, I_s; one alignment for both styles; E_mod and D on all three), its outputs
@@ -43,7 +46,8 @@ from torch import Tensor, nn
 
 from ..configuration_coat import ALIGNMENT_RULES
 from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, color_statistics_loss,
-                      correspondence_contrastive_loss, latent_regularization, load_lpips, reconstruction_loss)
+                      correspondence_contrastive_loss, latent_regularization, load_lpips, reconstruction_loss,
+                      structure_loss)
 from ..modeling_coat import COATModel, mix_latents
 from .pseudo_pairs import PseudoPairOptions, pseudo_exemplar_pair
 from .random import normal, randint, uniform
@@ -76,6 +80,10 @@ class ObjectiveConfig:
         "help": "Weight of L_color (a departure, 0: off): the L_CCL transfer's Lab mean and deviation per channel "
                 "pulled to its style photo's, per sample weighted by (K - n) / K, the share of layers the style "
                 "sets; samples whose finest layers a mixed-in style sets are left out."})
+    structure_weight: float = field(default=0.0, metadata={
+        "help": "Weight of L_struct (a departure, 0: off): STROTSS's self-similarity distance between the L_CCL "
+                "transfer's and the content's hypercolumns of the frozen LPIPS backbone (16 x 16 grid); loads the "
+                "LPIPS network even when lambda_lpips is 0."})
     style_mixing_prob: float = field(default=0.0, metadata={
         "help": "Probability that a sample's L_CCL transfer mixes in a second style from a crossover layer on "
                 "(StyleGAN2's style mixing; a departure from COAT; 0: off)."})
@@ -98,7 +106,8 @@ class ObjectiveConfig:
         if self.ccl_hard_negative_rule not in HARD_NEGATIVE_RULES:
             raise ValueError(f"ccl_hard_negative_rule must be one of {HARD_NEGATIVE_RULES}, "
                              f"got {self.ccl_hard_negative_rule!r}")
-        for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight", "color_weight"):
+        for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight", "color_weight",
+                     "structure_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.train_alignment is not None and self.train_alignment not in ALIGNMENT_RULES:
@@ -165,7 +174,7 @@ class COATTrainingObjective(nn.Module):
             raise ValueError(f"ccl_scales must be indices in [0, {num_scales}), got {config.ccl_scales}")
         if config.transfer_n is not None and not 0 <= config.transfer_n <= k:
             raise ValueError(f"transfer_n must be in [0, {k}], got {config.transfer_n}")
-        if lpips_model is None and config.lambda_lpips > 0:
+        if lpips_model is None and (config.lambda_lpips > 0 or config.structure_weight > 0):
             lpips_model = load_lpips(config.lpips_net)
         if lpips_model is not None:
             lpips_model.requires_grad_(False).eval()
@@ -314,6 +323,9 @@ class COATTrainingObjective(nn.Module):
                 weight = torch.where(mixed_in, 0.0, weight)
             parts["color"] = color_statistics_loss(transfer, style, weight)
             loss = loss + cfg.color_weight * parts["color"]
+        if cfg.structure_weight > 0:  # 5. the content's layout, at every n
+            parts["structure"] = structure_loss(self.lpips, transfer, content)
+            loss = loss + cfg.structure_weight * parts["structure"]
         if cfg.transfer_weight > 0:
             parts["transfer"], _ = self._rec(outputs[2], target, mask)
             loss = loss + cfg.transfer_weight * parts["transfer"]
