@@ -42,7 +42,6 @@ from .objective import COATTrainingObjective
 
 logger = logging.getLogger("coat_hf.train")
 
-LOGGED = ("loss", "rec", "mse", "lpips", "reg", "ccl", "transfer", "color", "adv_g", "adv_d", "r1")
 CHECKPOINT_PREFIX = "step_"
 TEMP_PREFIX = ".tmp_"
 
@@ -401,7 +400,8 @@ class Trainer:
         return f"{self.accelerator.num_processes} x {name}"
 
     def train_step(self, step: int) -> dict[str, Tensor]:
-        """One optimiser step (all its micro-batches); returns the detached parts of the last one."""
+        """One optimiser step (all its micro-batches); returns the detached scalar parts of the last one (the
+        objective's loss and each term it computed, the adversary's when on)."""
         args, acc = self.config.training, self.accelerator
         models = (self.objective,) if self.adversary is None else (self.objective, self.adversary.discriminator)
         for micro in range(args.gradient_accumulation_steps):
@@ -428,7 +428,7 @@ class Trainer:
                     out.update(self.adversary.step(acc, batch.content, fake.detach(), r1_weight))
         self.ema.update(self.trainable)
         # Copies: a CUDA-graphed step (--compile_mode reduce-overhead) overwrites its outputs at the next replay.
-        return {key: out[key].detach().float().clone() for key in LOGGED if key in out}
+        return {key: value.detach().float().clone() for key, value in out.items() if value.ndim == 0}
 
     def _sample(self, fixed: tuple[Tensor, Tensor], step: int) -> None:
         args = self.config.training
@@ -470,7 +470,7 @@ class Trainer:
         started = segment_start = time.perf_counter()  # this invocation; the time not yet in state.seconds
         window_start, window_steps = started, 0
         sums: dict[str, Tensor] = {}
-        last_logs: dict[str, float] = {}
+        losses: dict[str, float] = {}  # the last logged window's mean loss parts, for the model card
         self.objective.train()
         cache_pending = bool(args.compile_cache) and acc.is_main_process
         while self.state.step < args.max_steps:
@@ -487,17 +487,17 @@ class Trainer:
             out_of_time = args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes
             last = step == args.max_steps or out_of_time
             if step % args.log_every == 0 or last:
-                means = {k: acc.reduce(v / window_steps, "mean").item() for k, v in sums.items()}  # one sync
+                losses = {k: acc.reduce(v / window_steps, "mean").item() for k, v in sums.items()}  # one sync
                 now = time.perf_counter()
                 memory = torch.tensor(peak_memory_mb(acc.device), device=acc.device)
-                last_logs = {**means, "lr": self.scheduler.get_last_lr()[0],
+                last_logs = {**losses, "lr": self.scheduler.get_last_lr()[0],
                              "images_per_s": window_steps * global_batch / (now - window_start),
                              "skipped_images": self.data.skipped, "peak_memory_mb": acc.reduce(memory, "max").item()}
                 acc.log(last_logs, step=step)
                 if acc.is_main_process:
                     with open(metrics, "a") as handle:
                         handle.write(json.dumps({"step": step, "num_processes": acc.num_processes, **last_logs}) + "\n")
-                    logger.info("step %d/%d loss %.4f, %.1f images/s", step, args.max_steps, means["loss"],
+                    logger.info("step %d/%d loss %.4f, %.1f images/s", step, args.max_steps, losses["loss"],
                                 last_logs["images_per_s"])
                 sums, window_start, window_steps = {}, now, 0
             if fixed is not None and (step % args.sample_every == 0 or last):
@@ -509,6 +509,6 @@ class Trainer:
             if out_of_time:
                 logger.info("--max_minutes %s spent at step %d", args.max_minutes, step)
                 break
-        path = self.export({k: v for k, v in last_logs.items() if k in LOGGED})
+        path = self.export(losses)
         acc.end_training()
         return path
