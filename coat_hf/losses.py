@@ -44,11 +44,11 @@ HARD_NEGATIVE_RULES = ("hardest", "exclude_nearest", "all")
 LATENT_REGULARIZATIONS = ("w_norm", "delta")
 
 
-def _check_images(output: Tensor, target: Tensor, mask: Tensor | None) -> None:
+def _check_images(output: Tensor, target: Tensor, mask: Tensor | None, target_name: str = "target") -> None:
     if output.ndim != 4 or output.shape[1] != 3:
         raise ValueError(f"`output` must be (B, 3, H, W) images, got shape {tuple(output.shape)}")
     if target.shape != output.shape:
-        raise ValueError(f"`target` shape {tuple(target.shape)} differs from `output` shape {tuple(output.shape)}")
+        raise ValueError(f"`{target_name}` shape {tuple(target.shape)} differs from `output` shape {tuple(output.shape)}")
     if mask is not None and (mask.ndim != 4 or mask.shape[:2] != (output.shape[0], 1)):
         raise ValueError(f"`mask` must be (B, 1, H, W) with B={output.shape[0]}, got shape {tuple(mask.shape)}")
 
@@ -82,7 +82,7 @@ def color_statistics_loss(output: Tensor, reference: Tensor, weight: Tensor | No
 
     output, reference: (B, 3, H, W) in [-1, 1] (computed in float32); weight: optional (B,) per-image weights.
     """
-    _check_images(output, reference, None)
+    _check_images(output, reference, None, "reference")
     (_, mean, std), (_, reference_mean, reference_std) = lab_statistics(output), lab_statistics(reference)
     per_image = (((mean - reference_mean) / 100).square() + ((std - reference_std) / 100).square()).mean(dim=(1, 2, 3))
     return (per_image if weight is None else per_image * weight).mean()
@@ -116,7 +116,7 @@ def structure_loss(lpips_model: lpips.LPIPS, output: Tensor, reference: Tensor, 
 
     output, reference: (B, 3, S, S) in [-1, 1] (computed in float32); no gradient flows into ``reference``.
     """
-    _check_images(output, reference, None)
+    _check_images(output, reference, None, "reference")
     with torch.no_grad():
         reference_similarity = self_similarity(lpips_hypercolumns(lpips_model, reference.float(), grid_size))
     similarity = self_similarity(lpips_hypercolumns(lpips_model, output.float(), grid_size))  # (B, N, N)

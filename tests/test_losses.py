@@ -241,6 +241,8 @@ def test_structure_loss_sees_layout_not_colour(alex, image_pair):
     output, reference = recoloured.clone().requires_grad_(), content.clone().requires_grad_()
     structure_loss(alex, output, reference).backward()
     assert output.grad.abs().sum() > 0 and reference.grad is None
+    with pytest.raises(ValueError, match="`reference` shape"):
+        structure_loss(alex, content, content[:, :, :32])
 
 
 def test_reconstruction_loss_combines_parts(alex):
