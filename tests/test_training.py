@@ -438,8 +438,9 @@ def _train(args: list[str]) -> subprocess.CompletedProcess:
 def test_every_term_of_the_objective_is_logged_and_carded(image_folder, tmp_path, tiny_train_args):
     out = tmp_path / "run"
     export = Trainer(parse_arguments(tiny_train_args(
-        image_folder, out, "--max_steps", "2", "--color_weight", "1", "--structure_weight", "2"))).train()
-    terms = {"loss", "rec", "mse", "reg", "ccl", "transfer", "color", "structure"}
+        image_folder, out, "--max_steps", "2", "--color_weight", "1", "--structure_weight", "2",
+        "--adversarial", "true"))).train()
+    terms = {"loss", "rec", "mse", "reg", "ccl", "transfer", "color", "structure", "adv_g", "adv_d"}
     assert all(terms <= set(row) for row in _metrics(out))
     card = (export / "README.md").read_text()
     assert "2.0·L_struct" in card and "structure " in card.split("final losses")[1]
