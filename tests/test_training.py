@@ -244,19 +244,26 @@ def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked)
     assert (batched_gradient - gradient).norm() <= 1e-4 * gradient.norm()
 
 
+def _with_and_without(image_pair, weight_name: str, weight: float):
+    """The tiny model's objective on ``image_pair`` with one term's weight set and at 0 (same model, draws and
+    decoder noise): the objective with the term, the keys, and both outputs."""
+    model = COATModel(COATConfig.preset("tiny"))
+    keys = sample_keys(0, torch.arange(2))
+    runs = []
+    for value in (weight, 0.0):
+        torch.manual_seed(0)
+        objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, **{weight_name: value}))
+        runs.append((objective, objective(*image_pair, keys, None)))
+    (objective, with_term), (_, without) = runs
+    return objective, keys, with_term, without
+
+
 def test_the_color_term_weighs_each_transfer_by_the_styles_share_of_layers(image_pair):
     from coat_hf.losses import color_statistics_loss
 
-    model = COATModel(COATConfig.preset("tiny"))
-    k = model.config.num_modulation_layers
     content, style = image_pair
-    keys = sample_keys(0, torch.arange(2))
-    runs = {}
-    for weight in (0.0, 2.0):
-        torch.manual_seed(0)
-        objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, color_weight=weight))
-        runs[weight] = objective(content, style, keys, None)
-    with_color, without = runs[2.0], runs[0.0]
+    objective, keys, with_color, without = _with_and_without(image_pair, "color_weight", 2.0)
+    k = objective.model.config.num_modulation_layers
     assert "color" in with_color and "color" not in without and with_color["color"] > 0
     n = objective._transfer_n(keys)
     expected = color_statistics_loss(with_color["transfer_images"], style, (k - n).float() / k)
@@ -269,15 +276,8 @@ def test_the_color_term_weighs_each_transfer_by_the_styles_share_of_layers(image
 def test_the_structure_term_compares_each_transfer_with_its_content(image_pair):
     from coat_hf.losses import structure_loss
 
-    model = COATModel(COATConfig.preset("tiny"))
-    content, style = image_pair
-    keys = sample_keys(0, torch.arange(2))
-    runs = {}
-    for weight in (0.0, 3.0):
-        torch.manual_seed(0)
-        objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, structure_weight=weight))
-        runs[weight] = objective(content, style, keys, None)
-    with_structure, without = runs[3.0], runs[0.0]
+    content, _ = image_pair
+    objective, _, with_structure, without = _with_and_without(image_pair, "structure_weight", 3.0)
     assert objective.lpips is not None  # loaded for L_struct although λ_lpips = 0
     expected = structure_loss(objective.lpips, with_structure["transfer_images"], content)
     assert "structure" not in without and with_structure["structure"] > 0
