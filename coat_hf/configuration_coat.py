@@ -53,8 +53,9 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **dict.fromkeys(("image_size", "in_channels", "style_dim", "alignment_block_size"), (_is_int, "an integer")),
-    "default_n": (lambda value: value is None or _is_int(value), "an integer"),
+    **dict.fromkeys(("image_size", "in_channels", "style_dim", "alignment_block_size", "structure_channels"),
+                    (_is_int, "an integer")),
+    **dict.fromkeys(("default_n", "structure_scale"), (lambda value: value is None or _is_int(value), "an integer")),
     **dict.fromkeys(("encoder_channels", "decoder_channels", "style_scales"),
                     (_list_of(_is_int), "a non-empty list of integers")),
     "blur_kernel": (_list_of(_is_number), "a non-empty list of numbers"),
@@ -77,6 +78,8 @@ def _check_sizes(values: dict[str, Any]) -> None:
     image_size = values["image_size"]
     if not 8 <= image_size <= MAX_IMAGE_SIZE or 2 ** int(math.log2(image_size)) != image_size:
         raise ValueError(f"image_size must be a power of two from 8 to {MAX_IMAGE_SIZE}, got {image_size}")
+    if not 0 <= values["structure_channels"] <= MAX_WIDTH:
+        raise ValueError(f"structure_channels must be from 0 (off) to {MAX_WIDTH}, got {values['structure_channels']}")
     widths = {"in_channels": [values["in_channels"]], "style_dim": [values["style_dim"]],
               "encoder_channels": values["encoder_channels"] or [], "decoder_channels": values["decoder_channels"] or []}
     for name, numbers in widths.items():
@@ -152,6 +155,11 @@ class COATConfig(PretrainedConfig):
         modulation_pyramid: E_mod reads a top-down feature pyramid (pSp's GradualStyleEncoder) instead
             of one scale per layer (a departure from the paper, see ``ModulationEncoder``).
         noise_mode: "random" (fresh noise each call, seedable) or "const" (the stored noise maps).
+        structure_channels: width of the content's spatial structure code added to D's features (a departure from
+            the paper, see ``coat_hf.encoders.StructureCode``); 0, the paper, leaves D to start from its constant
+            alone, so the content's layout reaches it only through the first n style vectors.
+        structure_scale: the scale of E whose map gives the structure code, added to D's features of the same
+            resolution (default: the deepest, L - 1).
 
     The training losses and their weights are not part of the architecture: they live in
     ``coat_hf.training.ObjectiveConfig``.
@@ -177,6 +185,8 @@ class COATConfig(PretrainedConfig):
         match_features: str = "encoder",
         modulation_pyramid: bool = False,
         noise_mode: str = "random",
+        structure_channels: int = 0,
+        structure_scale: int | None = None,
         **kwargs: Any,
     ) -> None:
         fields = {name: value for name, value in locals().items() if name in _FIELD_TYPES}  # the arguments
@@ -220,6 +230,11 @@ class COATConfig(PretrainedConfig):
         if noise_mode not in ("random", "const"):
             raise ValueError(f"noise_mode must be 'random' or 'const', got {noise_mode!r}")
         self.noise_mode = noise_mode
+        self.structure_channels = structure_channels
+        self.structure_scale = self.num_scales - 1 if structure_scale is None else structure_scale
+        if not 0 <= self.structure_scale < self.num_scales or self.feature_sizes[self.structure_scale] < 4:
+            raise ValueError(f"structure_scale must be a scale of E in [0, {self.num_scales}) with maps of at least "
+                             f"4x4, got {structure_scale}")
         super().__init__(**kwargs)
 
     @property

@@ -1,4 +1,5 @@
-"""COAT's two encoders: the multi-scale feature encoder E (Sec. 3.1) and the modulation encoder E_mod (Sec. 3.3)."""
+"""COAT's encoders: the multi-scale feature encoder E (Sec. 3.1), the modulation encoder E_mod (Sec. 3.3) and the
+optional spatial structure code (a departure, :class:`StructureCode`)."""
 
 from __future__ import annotations
 
@@ -118,3 +119,27 @@ class ModulationEncoder(nn.Module):
         maps = self._pyramid(features) if self.laterals is not None else dict(enumerate(features))
         pooled = {l: trunk(maps[int(l)]) for l, trunk in self.trunks.items()}  # each (B, D)
         return torch.stack([head(pooled[str(l)]) for head, l in zip(self.heads, self.style_scales)], dim=1)
+
+
+class StructureCode(nn.Module):
+    """The content's spatial structure code, added to D's features (a departure from COAT, after the Swapping
+    Autoencoder's structure code, Park et al. 2020): E's map (B, C_l, r, r) -> 1x1 conv to ``code_channels`` (the
+    bottleneck that limits how much of the content's appearance it carries), leaky ReLU, 1x1 conv to D's width at
+    resolution r -> (B, C_D, r, r).
+
+    The second conv starts at zero, so a model given a fresh code decodes exactly as it did without one: a trained
+    model continues with it from where it stands.
+    """
+
+    def __init__(self, in_channels: int, code_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, code_channels, 1)
+        self.weight = nn.Parameter(torch.zeros(out_channels, code_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.conv2d(F.leaky_relu(self.reduce(features), 0.2), self.weight, self.bias)

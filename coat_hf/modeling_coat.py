@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,7 @@ from transformers.utils.loading_report import LoadStateDictInfo
 
 from .configuration_coat import ALIGNMENT_RULES, COATConfig
 from .correspondence import Correspondence, align_features
-from .encoders import FeatureEncoder, ModulationEncoder
+from .encoders import FeatureEncoder, ModulationEncoder, StructureCode
 from .stylegan2 import StyleGAN2Synthesis
 
 
@@ -65,10 +66,12 @@ class COATPreTrainedModel(PreTrainedModel):
 
     def _adjust_missing_and_unexpected_keys(self, loading_info: LoadStateDictInfo) -> None:
         """transformers' loading hook, extended: a checkpoint that lacks weights is refused, since they would
-        otherwise stay randomly initialised with only a logged warning."""
+        otherwise stay randomly initialised with only a logged warning. The one exception is the structure code
+        asked for over a model trained without it (``structure_channels`` passed to ``from_pretrained``): it
+        starts at zero, so the model decodes as before and training continues from there."""
         super()._adjust_missing_and_unexpected_keys(loading_info)
-        if loading_info.missing_keys:
-            missing = sorted(loading_info.missing_keys)
+        missing = sorted(key for key in loading_info.missing_keys if not key.startswith("structure_code."))
+        if missing:
             raise ValueError(f"the checkpoint lacks {len(missing)} of the model's weights ({', '.join(missing[:4])}"
                              f"{', ...' if len(missing) > 4 else ''}); they would stay random")
 
@@ -89,6 +92,12 @@ class COATModel(COATPreTrainedModel):
         )
         self.decoder = StyleGAN2Synthesis(config.image_size, config.style_dim, config.decoder_channels,
                                           config.blur_kernel)
+        self.structure_code = None
+        if config.structure_channels > 0:  # a departure: the content's layout reaches D spatially
+            scale = config.structure_scale
+            resolution = config.feature_sizes[scale]  # D's width there: decoder_channels lists 4, 8, ..., S
+            self.structure_code = StructureCode(config.encoder_channels[scale], config.structure_channels,
+                                                config.decoder_channels[int(math.log2(resolution)) - 2])
         # The decoder's average latent: E_mod predicts offsets from it (pSp), L_reg pulls towards it.
         self.register_buffer("latent_avg", torch.zeros(config.style_dim))
         self.post_init()
@@ -166,8 +175,17 @@ class COATModel(COATPreTrainedModel):
         """E_mod: maps -> (B, K, D) style vectors, offsets from the decoder's average latent."""
         return self.modulation_encoder(features) + self.latent_avg
 
-    def decode(self, latents: Tensor, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
-        """D: (B, K, D) -> (B, 3, S, S). Noise per ``config.noise_mode``; ``generator`` seeds random noise.
+    def structure(self, features: list[Tensor]) -> Tensor | None:
+        """The content's spatial structure code from its maps F1 (``config.structure_channels`` > 0, a departure), D's
+        width at the map's resolution r: (B, C_r, r, r); None for the paper's model."""
+        if self.structure_code is None:
+            return None
+        return self.structure_code(features[self.config.structure_scale])
+
+    def decode(self, latents: Tensor, generator: torch.Generator | list[torch.Generator] | None = None,
+               structure: Tensor | None = None) -> Tensor:
+        """D: (B, K, D) -> (B, 3, S, S), with the content's ``structure`` code (:meth:`structure`) when the model
+        has one. Noise per ``config.noise_mode``; ``generator`` seeds random noise.
 
         A list of B generators draws each sample's noise from its own generator (as in diffusers), so a
         seeded sample does not depend on the rest of its batch.
@@ -182,7 +200,7 @@ class COATModel(COATPreTrainedModel):
             else:
                 noise = self.decoder.make_noise(latents.shape[0], generator=generator, device=latents.device)
             noise = [z.to(latents.dtype) for z in noise]
-        return self.decoder(latents, noise)
+        return self.decoder(latents, noise, structure)
 
     def forward(
         self,
@@ -228,7 +246,7 @@ class COATModel(COATPreTrainedModel):
         content_latents = self.style_vectors(content_features)  # (B, K, D)
         style_latents = self.style_vectors(style_features)  # (B, K, D)
         latents = mix_latents(content_latents, style_latents, n)
-        images = self.decode(latents, generator)  # (B, 3, S, S)
+        images = self.decode(latents, generator, self.structure(content_features))  # (B, 3, S, S)
 
         output = COATOutput(
             images=images,

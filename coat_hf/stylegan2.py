@@ -297,21 +297,27 @@ class StyleGAN2Synthesis(nn.Module):
             for r in self.noises.resolutions
         ]
 
-    def forward(self, latents: Tensor, noise: Sequence[Tensor] | None = None) -> Tensor:
+    def forward(self, latents: Tensor, noise: Sequence[Tensor] | None = None, structure: Tensor | None = None
+                ) -> Tensor:
         # latents: (B, num_latents, style_dim) -> images (B, 3, size, size), roughly in [-1, 1]
+        # structure: optional (B, C_r, r, r), added to the features of resolution r after its convs
         if latents.ndim != 3 or latents.shape[1:] != (self.num_latents, self.style_dim):
             raise ValueError(
                 f"latents must be (B, {self.num_latents}, {self.style_dim}), got {tuple(latents.shape)}"
             )
         if noise is None:
             noise = [self.noises[i] for i in range(len(self.noises.resolutions))]
+
+        def add_structure(out: Tensor) -> Tensor:
+            return out + structure if structure is not None and structure.shape[-1] == out.shape[-1] else out
+
         out = self.input(latents.shape[0])
-        out = self.conv1(out, latents[:, 0], noise[0])
+        out = add_structure(self.conv1(out, latents[:, 0], noise[0]))
         skip = self.to_rgb1(out, latents[:, 1])
         i = 1
         for up_conv, conv, to_rgb in zip(self.convs[::2], self.convs[1::2], self.to_rgbs):
             out = up_conv(out, latents[:, i], noise[i])
-            out = conv(out, latents[:, i + 1], noise[i + 1])
+            out = add_structure(conv(out, latents[:, i + 1], noise[i + 1]))
             skip = to_rgb(out, latents[:, i + 2], skip)
             i += 2
         return skip

@@ -63,6 +63,10 @@ def test_config_validation():
     ({"noise_mode": 1}, "noise_mode must be a string"),
     ({"match_features": "resnet"}, "match_features must be one of"),
     ({"match_features": "vgg16", "encoder_channels": [8, 8, 8, 8, 8]}, "match_features 'vgg16' covers at most 4"),
+    ({"structure_channels": -1}, "structure_channels must be from 0 (off) to 4096, got -1"),
+    ({"structure_channels": True}, "structure_channels must be an integer"),
+    ({"structure_scale": 3}, "structure_scale must be a scale of E in [0, 3) with maps of at least 4x4, got 3"),
+    ({"structure_scale": "deep"}, "structure_scale must be an integer"),
 ])
 def test_config_json_with_absurd_sizes_or_wrong_types_is_refused_before_allocating(tmp_path, change, message,
                                                                                    monkeypatch):
@@ -305,3 +309,37 @@ def test_vgg16_matching_compares_vgg_maps_moves_encoder_maps_and_round_trips(tmp
     loaded = COATModel.from_pretrained(tmp_path).eval()
     assert loaded.config.match_features == "vgg16"
     torch.testing.assert_close(loaded(content, style, n=0, generator=seeded()).images, out.images)
+
+
+def test_a_structure_code_added_to_a_trained_model_starts_at_zero_and_learns(tmp_path, tiny_model, image_pair):
+    """``structure_channels`` over weights trained without it (``from_pretrained(..., structure_channels=8)``, what
+    ``init_from`` with the override does): the new code starts at zero, so the model decodes exactly as before, its
+    weights are the only ones allowed missing, and gradients reach it; once trained, the output follows the content's
+    layout at every n, even n = 0."""
+    tiny_model.save_pretrained(tmp_path / "plain")
+    model = COATModel.from_pretrained(tmp_path / "plain", structure_channels=8)
+    content, style = image_pair
+    expected = tiny_model(content, style, n=0, generator=seeded()).images
+    torch.testing.assert_close(model(content, style, n=0, generator=seeded()).images, expected, rtol=0, atol=0)
+    model(content, style, n=0).images.square().mean().backward()
+    assert model.structure_code.weight.grad.abs().sum() > 0
+
+    with torch.no_grad():
+        model.structure_code.weight.normal_()
+    shapes = model.structure(model.encode(content)).shape
+    assert shapes == (2, model.config.decoder_channels[1], 8, 8)  # the deepest map, 8 x 8, D's width there
+    a = model(content, style, n=0, generator=seeded()).images
+    assert not torch.allclose(a, expected)
+    assert not torch.allclose(model(content.flip(-1), style, n=0, generator=seeded()).images, a)
+    model.save_pretrained(tmp_path / "coded")
+    loaded = COATModel.from_pretrained(tmp_path / "coded")
+    assert (loaded.config.structure_channels, loaded.config.structure_scale) == (8, 2)
+    torch.testing.assert_close(loaded(content, style, n=0, generator=seeded()).images, a)
+
+
+@pytest.mark.parametrize("scale, size", [(0, 32), (1, 16), (2, 8)])
+def test_the_structure_code_enters_d_at_its_maps_resolution(image_pair, scale, size):
+    model = COATModel(COATConfig.preset("tiny", structure_channels=4, structure_scale=scale))
+    code = model.structure(model.encode(image_pair[0]))
+    assert code.shape == (2, model.config.decoder_channels[{32: 3, 16: 2, 8: 1}[size]], size, size)
+    assert model(*image_pair).images.shape == (2, 3, 64, 64)

@@ -212,7 +212,7 @@ def test_objective_matches_on_vgg16_maps_when_configured(image_pair, monkeypatch
 def test_the_objective_traces_as_one_graph(image_pair, batch_branches):
     """The whole training objective (both alignments with their blocked searches, L_CCL, the pseudo-exemplar pairs,
     style mixing) is one graph for ``torch.compile``: no graph break, so a compiled step can fuse across networks."""
-    model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True))
+    model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True, structure_channels=4))
     objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, transfer_weight=1.0, style_mixing_prob=0.9,
                                                              train_alignment="mutual", batch_branches=batch_branches))
     content, style = image_pair
@@ -221,12 +221,15 @@ def test_the_objective_traces_as_one_graph(image_pair, batch_branches):
     assert explanation.graph_break_count == 0, [b.reason.splitlines()[0] for b in explanation.break_reasons]
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked):
+@pytest.mark.parametrize("masked, structure_channels", [(False, 0), (True, 0), (False, 4)])
+def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked, structure_channels):
     """``batch_branches`` (the default on accelerators) gives each network one call on the branches' concatenated
-    batches: the losses and gradients of one call per branch (the default on CPUs)."""
+    batches: the losses and gradients of one call per branch (the default on CPUs), with a structure code too."""
     torch.manual_seed(0)
-    model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True))
+    model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True,
+                                        structure_channels=structure_channels))
+    if structure_channels:
+        torch.nn.init.normal_(model.structure_code.weight)  # not the zero it starts from
     content, style = image_pair
     mask = (torch.rand(2, 1, *content.shape[-2:]) > 0.3).float() if masked else None
     runs = []
@@ -444,17 +447,23 @@ def test_every_term_of_the_objective_is_logged_and_carded(image_folder, tmp_path
     assert all(terms <= set(row) for row in _metrics(out))
     card = (export / "README.md").read_text()
     assert "2.0·L_struct" in card and "structure " in card.split("final losses")[1]
+    assert "structure code: none (the paper)" in card
 
 
 def test_init_from_a_float16_export_trains_in_float32(image_folder, tmp_path, tiny_train_args):
-    """A bundled or exported model (float16) continues training: its weights are upcast, not trained in half."""
+    """A bundled or exported model (float16) continues training: its weights are upcast, not trained in half; a
+    structure code asked for over it (``--model_overrides``) starts at zero and trains with it."""
     first = Trainer(parse_arguments(tiny_train_args(image_folder, tmp_path / "a", "--max_steps", "1",
                                                     "--export_dtype", "float16"))).train()
     assert COATModel.from_pretrained(first).dtype == torch.float16
     trainer = Trainer(parse_arguments(tiny_train_args(image_folder, tmp_path / "b", "--max_steps", "1",
-                                                      "--init_from", str(first))))
+                                                      "--init_from", str(first),
+                                                      "--model_overrides", "{structure_channels: 4}",
+                                                      "--lr_warmup_steps", "0")))
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert not trainer.model.structure_code.weight.any()
     assert torch.isfinite(trainer.train_step(0)["loss"])
+    assert trainer.model.structure_code.weight.any()
 
 
 def test_kill_and_resume_reproduce_the_uninterrupted_run(image_folder, tmp_path, tiny_train_args):

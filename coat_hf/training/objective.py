@@ -308,7 +308,9 @@ class COATTrainingObjective(nn.Module):
         decoded = [content_latents, transfer_latents]
         if cfg.transfer_weight > 0:
             decoded.append(mix_latents(content_latents, latents[2], randint(keys, _PSEUDO_N_STREAM, 0, k)))
-        outputs = shared(lambda inputs: model.decoder(*inputs), [(latents_, noise) for latents_ in decoded])
+        structure = model.structure(features[0])  # the content's layout for every output (None: the paper's D)
+        inputs = [(latents_, noise) if structure is None else (latents_, noise, structure) for latents_ in decoded]
+        outputs = shared(lambda inputs_: model.decoder(*inputs_), inputs)
         reconstruction, transfer = outputs[:2]  # (B, 3, S, S) each
 
         rec, parts = self._rec(reconstruction, content, mask)

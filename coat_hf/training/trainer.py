@@ -208,6 +208,14 @@ def data_licence(config: RunConfig) -> str:
     return "The weights were fitted to the photos named above: the model inherits their licence terms."
 
 
+def structure_description(config: COATConfig) -> str:
+    """The model card's words for the structure code (``config.structure_channels``)."""
+    if not config.structure_channels:
+        return "none (the paper)"
+    size = config.feature_sizes[config.structure_scale]
+    return f"{config.structure_channels} channels from E's {size}x{size} maps"
+
+
 MODEL_CARD = """---
 license: other
 library_name: coat-hf
@@ -239,7 +247,7 @@ model = COATModel.from_pretrained("{folder}")
 | images seen | {images_seen} |
 | training time | {minutes:.1f} min on {device} |
 | objective | L_rec (λ_mse {lambda_mse}, λ_lpips {lambda_lpips}, LPIPS {lpips_net}) + {reg_alpha}·L_reg + {ccl_beta}·L_CCL + {transfer_weight}·L_transfer + {color_weight}·L_color + {structure_weight}·L_struct |
-| alignment | {alignment}; E_mod pyramid: {pyramid} |
+| alignment | {alignment}; E_mod pyramid: {pyramid}; structure code: {structure} |
 | trained modules | {train_modules} |
 | weights | EMA (decay {ema_decay}), {dtype} |
 | final losses | {losses} |
@@ -270,7 +278,8 @@ def export_model(model: COATModel, ema: EMA, directory: Path, config: RunConfig,
         lambda_mse=oc.lambda_mse, lambda_lpips=oc.lambda_lpips, lpips_net=oc.lpips_net, reg_alpha=oc.reg_alpha,
         ccl_beta=oc.ccl_beta, transfer_weight=oc.transfer_weight, color_weight=oc.color_weight,
         structure_weight=oc.structure_weight,
-        alignment=mc.alignment, pyramid=mc.modulation_pyramid, train_modules=args.train_modules, ema_decay=ema.decay,
+        alignment=mc.alignment, pyramid=mc.modulation_pyramid, structure=structure_description(mc),
+        train_modules=args.train_modules, ema_decay=ema.decay,
         dtype=args.export_dtype, losses=", ".join(f"{k} {v:.4f}" for k, v in losses.items()) or "n/a",
         licence=data_licence(config),
     ))
