@@ -545,6 +545,15 @@ def test_a_config_extends_another_and_overrides_its_fields(tmp_path, image_folde
         parse_arguments(["--config", str(tmp_path / "sub" / "run.yaml"), "--data_dir", str(image_folder)])
 
 
+def test_model_overrides_on_the_command_line_merge_over_the_configs(image_folder):
+    """``--model_overrides`` adds to (and wins over) the config file's mapping rather than replacing it: asking for
+    one more field does not silently drop the recipe's architecture."""
+    config = parse_arguments(["--config", str(REPO / "training" / "configs" / "small.yaml"), "--data_dir",
+                              str(image_folder), "--model_overrides", "{structure_channels: 8, alignment: soft}"])
+    assert config.training.model_overrides == {"alignment": "soft", "modulation_pyramid": True,
+                                               "structure_channels": 8}
+
+
 @pytest.mark.parametrize("config", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(config, image_folder):
     parse_arguments(["--config", str(config), "--data_dir", str(image_folder)])

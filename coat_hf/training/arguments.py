@@ -31,7 +31,8 @@ class TrainingArguments:
 
     model_preset: str = field(default="small", metadata={"help": f"COATConfig preset: {COATConfig.preset_names()}."})
     model_overrides: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "COATConfig fields over the preset, as YAML, e.g. '{alignment: soft, modulation_pyramid: true}'."})
+        "help": "COATConfig fields over the preset (or init_from's config), as YAML, e.g. '{alignment: soft, "
+                "modulation_pyramid: true}'; on the command line, merged over the --config file's."})
     init_from: str | None = field(default=None, metadata={
         "help": "A COAT model folder to start from (a bundled or converted model) instead of the preset."})
     train_modules: str = field(default="all", metadata={
@@ -200,6 +201,7 @@ def parse_arguments(argv: list[str] | None = None) -> RunConfig:
     (training, objective, data), rest = outputs[:3], outputs[-1]  # between them: the namespace of --config
     if rest:
         raise ValueError(f"unknown arguments: {' '.join(rest)}")
+    training.model_overrides = {**defaults.get("model_overrides", {}), **training.model_overrides}
     if training.export is None and data.data_dir is None and data.dataset_name is None:
         raise ValueError("--data_dir (a folder of photos) or --dataset_name is required")
     if data.data_dir is not None and not Path(data.data_dir).is_dir():
