@@ -77,7 +77,8 @@ class COATPreTrainedModel(PreTrainedModel):
 
 
 class COATModel(COATPreTrainedModel):
-    """COAT: encoder E, latent alignment (Eq. 1-3), modulation encoder E_mod and StyleGAN2 decoder D.
+    """COAT: encoder E, latent alignment (Eq. 1-3), modulation encoder E_mod and StyleGAN2 decoder D (with the
+    content's spatial structure code when ``config.structure_channels`` > 0, a departure).
 
     ``model(content, style, n)`` re-renders the content object with the style object's appearance.
     Images are (B, 3, S, S) in [-1, 1] at ``config.image_size``.

@@ -24,6 +24,9 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
    hypercolumns of the frozen LPIPS backbone (:func:`coat_hf.losses.structure_loss`): the content's layout kept
    whatever colours the transfer takes, at every n.
 
+With a structure code (``structure_channels`` > 0, a departure: :class:`coat_hf.encoders.StructureCode`) every
+output of D (reconstruction, transfer, pseudo-exemplar transfer) takes I1's code: all three keep the content's layout.
+
 With ``batch_branches`` (the default on accelerators) each network is called once per step on the branches'
 concatenated batches (E on I1, I2, I_s; one alignment for both styles; E_mod and D on all three), its outputs
 split back: the same losses in fewer, larger kernels.
