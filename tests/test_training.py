@@ -23,7 +23,7 @@ from coat_hf.training.arguments import parse_arguments
 from coat_hf.training.compile_cache import load_compile_cache
 from coat_hf.training.data import DataOptions, PhotoSource, SampleSchedule, TrainingData
 from coat_hf.training.objective import COATTrainingObjective, ObjectiveConfig
-from coat_hf.training.pseudo_pairs import PseudoPairOptions, augment_geometry, pseudo_exemplar_pair
+from coat_hf.training.pseudo_pairs import PseudoPairOptions, augment_geometry, pseudo_exemplar_pair, structure_view
 from coat_hf.training.random import hash32, normal, sample_keys, uniform
 from coat_hf.training.trainer import Trainer, checkpoints
 
@@ -290,6 +290,33 @@ def test_the_structure_term_compares_each_transfer_with_its_content(image_pair):
         ObjectiveConfig(structure_weight=-1.0)
 
 
+def test_the_structure_view_feeds_the_code_the_content_under_other_colours(image_pair):
+    """With ``structure_view`` the structure code reads E of the content under an appearance of its own (the content
+    itself when the appearance ranges are 0; neither the content's colours nor the pseudo pair's target's) and
+    trains through it; without a structure code the option is refused in one line."""
+    content, style = image_pair
+    keys = sample_keys(0, torch.arange(2))
+    view = structure_view(content, style, keys, PseudoPairOptions())
+    _, target = pseudo_exemplar_pair(content, style, keys, PseudoPairOptions())
+    assert (view - content).abs().mean() > 0.02 and (view - target).abs().mean() > 0.02
+    plain = PseudoPairOptions(reference_strength=0, color_cast=0, brightness=0, contrast=0, saturation=0, gamma=0)
+    torch.testing.assert_close(structure_view(content, style, keys, plain), content.clamp(-1 + 2e-4, 1), atol=1e-5,
+                               rtol=0)
+
+    model = COATModel(COATConfig.preset("tiny", structure_channels=4))
+    torch.nn.init.normal_(model.structure_code.weight)
+    seen = []
+    model.structure_code.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, transfer_weight=1.0, structure_view=True,
+                                                             batch_branches=False))
+    out = objective(content, style, keys, None)
+    torch.testing.assert_close(seen[0], model.encoder(view)[model.config.structure_scale].detach())
+    out["loss"].backward()
+    assert model.structure_code.reduce.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="structure_view needs a structure code"):
+        COATTrainingObjective(COATModel(COATConfig.preset("tiny")), ObjectiveConfig(lambda_lpips=0, structure_view=True))
+
+
 def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():
     model = COATModel(COATConfig.preset("tiny"))
     k = model.config.num_modulation_layers
@@ -452,18 +479,21 @@ def test_every_term_of_the_objective_is_logged_and_carded(image_folder, tmp_path
 
 def test_init_from_a_float16_export_trains_in_float32(image_folder, tmp_path, tiny_train_args):
     """A bundled or exported model (float16) continues training: its weights are upcast, not trained in half; a
-    structure code asked for over it (``--model_overrides``) starts at zero and trains with it."""
+    structure code asked for over it (``--model_overrides``) starts at zero and trains with it, and the card says how."""
     first = Trainer(parse_arguments(tiny_train_args(image_folder, tmp_path / "a", "--max_steps", "1",
                                                     "--export_dtype", "float16"))).train()
     assert COATModel.from_pretrained(first).dtype == torch.float16
     trainer = Trainer(parse_arguments(tiny_train_args(image_folder, tmp_path / "b", "--max_steps", "1",
                                                       "--init_from", str(first),
                                                       "--model_overrides", "{structure_channels: 4}",
+                                                      "--structure_view", "true",
                                                       "--lr_warmup_steps", "0")))
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert not trainer.model.structure_code.weight.any()
     assert torch.isfinite(trainer.train_step(0)["loss"])
     assert trainer.model.structure_code.weight.any()
+    card = (trainer.export() / "README.md").read_text()
+    assert "structure code: 4 channels from E's 4x4 maps, trained on the content under other colours" in card
 
 
 def test_kill_and_resume_reproduce_the_uninterrupted_run(image_folder, tmp_path, tiny_train_args):

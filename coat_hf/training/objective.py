@@ -26,6 +26,8 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
 
 With a structure code (``structure_channels`` > 0, a departure: :class:`coat_hf.encoders.StructureCode`) every
 output of D (reconstruction, transfer, pseudo-exemplar transfer) takes I1's code: all three keep the content's layout.
+With ``structure_view`` the code is computed from I1 under another random appearance
+(:func:`coat_hf.training.pseudo_pairs.structure_view`): it keeps the layout but cannot carry I1's colours.
 
 With ``batch_branches`` (the default on accelerators) each network is called once per step on the branches'
 concatenated batches (E on I1, I2, I_s; one alignment for both styles; E_mod and D on all three), its outputs
@@ -52,7 +54,7 @@ from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, color_statist
                       correspondence_contrastive_loss, latent_regularization, load_lpips, reconstruction_loss,
                       structure_loss)
 from ..modeling_coat import COATModel, mix_latents
-from .pseudo_pairs import PseudoPairOptions, pseudo_exemplar_pair
+from .pseudo_pairs import PseudoPairOptions, pseudo_exemplar_pair, structure_view
 from .random import normal, randint, uniform
 
 # Stream ids of the objective's draws (see coat_hf.training.random).
@@ -87,6 +89,11 @@ class ObjectiveConfig:
         "help": "Weight of L_struct (a departure, 0: off): STROTSS's self-similarity distance between the L_CCL "
                 "transfer's and the content's hypercolumns of the frozen LPIPS backbone (16 x 16 grid); loads the "
                 "LPIPS network even when lambda_lpips is 0."})
+    structure_view: bool = field(default=False, metadata={
+        "help": "With a structure code (structure_channels > 0): compute it in training from the content under a "
+                "random other appearance (colour, contrast, saturation, gamma and some of the style photo's "
+                "colour statistics), so that D cannot take the content's colours from it and takes them from the "
+                "style codes; at inference the code sees the content as it is (a departure; one more pass of E)."})
     style_mixing_prob: float = field(default=0.0, metadata={
         "help": "Probability that a sample's L_CCL transfer mixes in a second style from a crossover layer on "
                 "(StyleGAN2's style mixing; a departure from COAT; 0: off)."})
@@ -177,6 +184,8 @@ class COATTrainingObjective(nn.Module):
             raise ValueError(f"ccl_scales must be indices in [0, {num_scales}), got {config.ccl_scales}")
         if config.transfer_n is not None and not 0 <= config.transfer_n <= k:
             raise ValueError(f"transfer_n must be in [0, {k}], got {config.transfer_n}")
+        if config.structure_view and not model.config.structure_channels:
+            raise ValueError("structure_view needs a structure code: set the model's structure_channels > 0")
         if lpips_model is None and (config.lambda_lpips > 0 or config.structure_weight > 0):
             lpips_model = load_lpips(config.lpips_net)
         if lpips_model is not None:
@@ -287,7 +296,9 @@ class COATTrainingObjective(nn.Module):
         if cfg.transfer_weight > 0:
             pseudo_style, target = pseudo_exemplar_pair(content, style, keys, self.pseudo_pairs)
             images.append(pseudo_style)
-        features = shared(model.encoder, images)  # F1, F2 (, F_s): L maps each
+        view = [structure_view(content, style, keys, self.pseudo_pairs)] if cfg.structure_view else []
+        features = shared(model.encoder, images + view)  # F1, F2 (, F_s) (, E of the code's view): L maps each
+        structure = model.structure(features.pop() if cfg.structure_view else features[0])  # None: the paper's D
         matching = [model.matching_maps(x, f) for x, f in zip(images, features)]  # what Eq. 1 compares
 
         def align(pair: tuple) -> tuple[list[Tensor], list[Tensor]]:  # F^ of one style and the mutual matches
@@ -311,7 +322,6 @@ class COATTrainingObjective(nn.Module):
         decoded = [content_latents, transfer_latents]
         if cfg.transfer_weight > 0:
             decoded.append(mix_latents(content_latents, latents[2], randint(keys, _PSEUDO_N_STREAM, 0, k)))
-        structure = model.structure(features[0])  # the content's layout for every output (None: the paper's D)
         inputs = [(latents_, noise) if structure is None else (latents_, noise, structure) for latents_ in decoded]
         outputs = shared(lambda inputs_: model.decoder(*inputs_), inputs)
         reconstruction, transfer = outputs[:2]  # (B, 3, S, S) each

@@ -23,7 +23,8 @@ from torch import Tensor
 from .random import normal, uniform
 
 # Stream ids of the draws (any distinct values; see coat_hf.training.random).
-_FLIP, _CROP, _APPEARANCE, _AFFINE, _ELASTIC = 101, 102, 103, 105, 106  # _APPEARANCE + 1 is the colour cast
+# A stream of change_appearance's draws takes that id and the next (the colour cast).
+_FLIP, _CROP, _APPEARANCE, _AFFINE, _ELASTIC, _STRUCTURE_VIEW = 101, 102, 103, 105, 106, 107
 
 
 @dataclass
@@ -48,14 +49,16 @@ def _channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
     return images.mean(dim=(2, 3), keepdim=True), images.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
 
 
-def change_appearance(images: Tensor, references: Tensor, keys: Tensor, options: PseudoPairOptions) -> Tensor:
+def change_appearance(images: Tensor, references: Tensor, keys: Tensor, options: PseudoPairOptions,
+                      stream: int = _APPEARANCE) -> Tensor:
     """Colour, brightness, contrast, saturation and gamma jitter plus another photo's colour statistics.
 
-    images, references: (B, 3, S, S) in [-1, 1]; keys: (B,) sample keys -> (B, 3, S, S) in [-1, 1].
+    images, references: (B, 3, S, S) in [-1, 1]; keys: (B,) sample keys -> (B, 3, S, S) in [-1, 1]. ``stream``
+    (and ``stream + 1``) names the draws: another stream gives an independent appearance of the same sample.
     """
     x = (images.float() + 1) / 2
-    u = uniform(keys, _APPEARANCE, 6)[:, :, None, None, None]  # (B, 6, 1, 1, 1)
-    cast = normal(keys, _APPEARANCE + 1, 3)[:, :, None, None] * options.color_cast  # (B, 3, 1, 1)
+    u = uniform(keys, stream, 6)[:, :, None, None, None]  # (B, 6, 1, 1, 1)
+    cast = normal(keys, stream + 1, 3)[:, :, None, None] * options.color_cast  # (B, 3, 1, 1)
     mean, std = _channel_stats(x)
     ref_mean, ref_std = _channel_stats((references.float() + 1) / 2)
     strength = u[:, 0] * options.reference_strength
@@ -102,6 +105,15 @@ def pseudo_exemplar_pair(content: Tensor, references: Tensor, keys: Tensor, opti
     """
     target = change_appearance(content, references, keys, options)
     return random_warp(target, keys, options), target
+
+
+def structure_view(content: Tensor, references: Tensor, keys: Tensor, options: PseudoPairOptions) -> Tensor:
+    """The content under an appearance independent of the pseudo pair's, for the structure code in training.
+
+    content, references: (B, 3, S, S) in [-1, 1] -> (B, 3, S, S): the same layout, other colours, so a code
+    computed from it cannot hand D the content's own colours.
+    """
+    return change_appearance(content, references, keys, options, stream=_STRUCTURE_VIEW)
 
 
 def augment_geometry(images: Tensor, keys: Tensor, hflip: bool, crop_scale: float) -> Tensor:

@@ -38,7 +38,7 @@ from .arguments import RunConfig, TrainingArguments
 from .compile_cache import load_compile_cache, save_compile_cache
 from .data import PhotoSource, TrainingData
 from .discriminator import Adversary, Discriminator
-from .objective import COATTrainingObjective
+from .objective import COATTrainingObjective, ObjectiveConfig
 
 logger = logging.getLogger("coat_hf.train")
 
@@ -208,12 +208,13 @@ def data_licence(config: RunConfig) -> str:
     return "The weights were fitted to the photos named above: the model inherits their licence terms."
 
 
-def structure_description(config: COATConfig) -> str:
-    """The model card's words for the structure code (``config.structure_channels``)."""
+def structure_description(config: COATConfig, objective: ObjectiveConfig) -> str:
+    """The model card's words for the structure code (``config.structure_channels``) and how it was trained."""
     if not config.structure_channels:
         return "none (the paper)"
     size = config.feature_sizes[config.structure_scale]
-    return f"{config.structure_channels} channels from E's {size}x{size} maps"
+    view = ", trained on the content under other colours" if objective.structure_view else ""
+    return f"{config.structure_channels} channels from E's {size}x{size} maps{view}"
 
 
 MODEL_CARD = """---
@@ -278,7 +279,7 @@ def export_model(model: COATModel, ema: EMA, directory: Path, config: RunConfig,
         lambda_mse=oc.lambda_mse, lambda_lpips=oc.lambda_lpips, lpips_net=oc.lpips_net, reg_alpha=oc.reg_alpha,
         ccl_beta=oc.ccl_beta, transfer_weight=oc.transfer_weight, color_weight=oc.color_weight,
         structure_weight=oc.structure_weight,
-        alignment=mc.alignment, pyramid=mc.modulation_pyramid, structure=structure_description(mc),
+        alignment=mc.alignment, pyramid=mc.modulation_pyramid, structure=structure_description(mc, oc),
         train_modules=args.train_modules, ema_decay=ema.decay,
         dtype=args.export_dtype, losses=", ".join(f"{k} {v:.4f}" for k, v in losses.items()) or "n/a",
         licence=data_licence(config),
