@@ -221,10 +221,12 @@ def test_the_objective_traces_as_one_graph(image_pair, batch_branches):
     assert explanation.graph_break_count == 0, [b.reason.splitlines()[0] for b in explanation.break_reasons]
 
 
-@pytest.mark.parametrize("masked, structure_channels", [(False, 0), (True, 0), (False, 4)])
-def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked, structure_channels):
+@pytest.mark.parametrize("masked, structure_channels, view", [(False, 0, False), (True, 0, False), (False, 4, False),
+                                                             (False, 4, True)])
+def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked, structure_channels, view):
     """``batch_branches`` (the default on accelerators) gives each network one call on the branches' concatenated
-    batches: the losses and gradients of one call per branch (the default on CPUs), with a structure code too."""
+    batches: the losses and gradients of one call per branch (the default on CPUs), with a structure code (and its
+    recoloured view) too."""
     torch.manual_seed(0)
     model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True,
                                         structure_channels=structure_channels))
@@ -236,7 +238,7 @@ def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked,
     for batch_branches in (False, True):
         objective = COATTrainingObjective(model, ObjectiveConfig(
             lambda_lpips=0, transfer_weight=1.0, style_mixing_prob=0.9, train_alignment="mutual",
-            batch_branches=batch_branches))
+            batch_branches=batch_branches, structure_view=view))
         model.zero_grad()
         out = objective(content, style, sample_keys(0, torch.arange(2)), mask)
         out["loss"].backward()
