@@ -30,8 +30,8 @@ With ``structure_view`` the code is computed from I1 under another random appear
 (:func:`coat_hf.training.pseudo_pairs.structure_view`): it keeps the layout but cannot carry I1's colours.
 
 With ``batch_branches`` (the default on accelerators) each network is called once per step on the branches'
-concatenated batches (E on I1, I2, I_s and the code's view; one alignment for both styles; E_mod and D on all three), its outputs
-split back: the same losses in fewer, larger kernels.
+concatenated batches (E on I1, I2, I_s and the code's view; one alignment for both styles; E_mod and D on all
+three), its outputs split back: the same losses in fewer, larger kernels.
 
 Every random draw of a sample (its n, its decoder noise, its CCL positions, its pseudo pair) is a
 counter-based draw keyed by the sample (:mod:`coat_hf.training.random`), made on the device: a batch
