@@ -316,7 +316,8 @@ def test_the_structure_view_feeds_the_code_the_content_under_other_colours(image
     out["loss"].backward()
     assert model.structure_code.reduce.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="structure_view needs a structure code"):
-        COATTrainingObjective(COATModel(COATConfig.preset("tiny")), ObjectiveConfig(lambda_lpips=0, structure_view=True))
+        COATTrainingObjective(COATModel(COATConfig.preset("tiny")),
+                              ObjectiveConfig(lambda_lpips=0, structure_view=True))
 
 
 def test_style_mixing_takes_the_next_samples_style_from_a_crossover_on():
@@ -481,7 +482,8 @@ def test_every_term_of_the_objective_is_logged_and_carded(image_folder, tmp_path
 
 def test_init_from_a_float16_export_trains_in_float32(image_folder, tmp_path, tiny_train_args):
     """A bundled or exported model (float16) continues training: its weights are upcast, not trained in half; a
-    structure code asked for over it (``--model_overrides``) starts at zero and trains with it, and the card says how."""
+    structure code asked for over it (``--model_overrides``) starts at zero and trains with it, and the card says
+    how."""
     first = Trainer(parse_arguments(tiny_train_args(image_folder, tmp_path / "a", "--max_steps", "1",
                                                     "--export_dtype", "float16"))).train()
     assert COATModel.from_pretrained(first).dtype == torch.float16
