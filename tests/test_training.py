@@ -278,6 +278,28 @@ def test_the_color_term_weighs_each_transfer_by_the_styles_share_of_layers(image
         ObjectiveConfig(color_weight=-1.0)
 
 
+@pytest.mark.parametrize("falloff", [0.5, 0.0])
+def test_the_color_falloff_reaches_the_finer_layers_transfers(image_pair, falloff):
+    """``color_falloff`` p weighs each transfer by ((K - n) / K)^p: at p = 0 every n < K counts alike (the unweighted
+    loss), at p = 0.5 a large n loses less weight than at the linear default."""
+    from coat_hf.losses import color_statistics_loss
+
+    _, style = image_pair
+    torch.manual_seed(0)
+    model = COATModel(COATConfig.preset("tiny"))
+    objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, color_weight=1.0, color_falloff=falloff))
+    keys = sample_keys(0, torch.arange(2))
+    out = objective(*image_pair, keys, None)
+    k, n = model.config.num_modulation_layers, objective._transfer_n(keys)
+    weight = ((k - n).float() / k) ** falloff
+    assert (weight >= (k - n).float() / k).all() and ((weight == 1) == (falloff == 0)).all()
+    torch.testing.assert_close(out["color"], color_statistics_loss(out["transfer_images"], style, weight).detach())
+    if falloff == 0:
+        torch.testing.assert_close(out["color"], color_statistics_loss(out["transfer_images"], style).detach())
+    with pytest.raises(ValueError, match="color_falloff"):
+        ObjectiveConfig(color_falloff=-0.5)
+
+
 def test_the_structure_term_compares_each_transfer_with_its_content(image_pair):
     from coat_hf.losses import structure_loss
 
@@ -471,12 +493,13 @@ def _train(args: list[str]) -> subprocess.CompletedProcess:
 def test_every_term_of_the_objective_is_logged_and_carded(image_folder, tmp_path, tiny_train_args):
     out = tmp_path / "run"
     export = Trainer(parse_arguments(tiny_train_args(
-        image_folder, out, "--max_steps", "2", "--color_weight", "1", "--structure_weight", "2",
-        "--adversarial", "true"))).train()
+        image_folder, out, "--max_steps", "2", "--color_weight", "1", "--color_falloff", "0.5", "--structure_weight",
+        "2", "--adversarial", "true"))).train()
     terms = {"loss", "rec", "mse", "reg", "ccl", "transfer", "color", "structure", "adv_g", "adv_d"}
     assert all(terms <= set(row) for row in _metrics(out))
     card = (export / "README.md").read_text()
-    assert "2.0·L_struct" in card and "structure " in card.split("final losses")[1]
+    assert "1.0·L_color (per sample ((K − n)/K)^0.5)" in card and "2.0·L_struct" in card
+    assert "structure " in card.split("final losses")[1]
     assert "structure code: none (the paper)" in card
 
 

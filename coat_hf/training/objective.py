@@ -19,7 +19,8 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
    layers < n, aligned I_s codes for layers ≥ n), T) with n drawn per sample in 0..K-1.
 
 4. L_color (``color_weight`` > 0; a departure): the transfer I_{2→1}'s Lab mean and standard deviation per channel
-   pulled to I2's (:func:`coat_hf.losses.color_statistics_loss`), per sample weighted by (K − n)/K.
+   pulled to I2's (:func:`coat_hf.losses.color_statistics_loss`), per sample weighted by ((K − n)/K)^p
+   (p = ``color_falloff``: 1 linear, smaller reaches the finer layers' transfers at large n harder).
 5. L_struct (``structure_weight`` > 0; a departure): STROTSS's self-similarity distance between I_{2→1}'s and I1's
    hypercolumns of the frozen LPIPS backbone (:func:`coat_hf.losses.structure_loss`): the content's layout kept
    whatever colours the transfer takes, at every n.
@@ -83,8 +84,11 @@ class ObjectiveConfig:
         "help": "γ, weight of the supervised pseudo-exemplar transfer term (0: the paper's objective)."})
     color_weight: float = field(default=0.0, metadata={
         "help": "Weight of L_color (a departure, 0: off): the L_CCL transfer's Lab mean and deviation per channel "
-                "pulled to its style photo's, per sample weighted by (K - n) / K, the share of layers the style "
-                "sets; samples whose finest layers a mixed-in style sets are left out."})
+                "pulled to its style photo's, per sample weighted by ((K - n) / K)^p (p: color_falloff), the share "
+                "of layers the style sets; samples whose finest layers a mixed-in style sets are left out."})
+    color_falloff: float = field(default=1.0, metadata={
+        "help": "Exponent p of L_color's per-sample weight ((K - n) / K)^p: 1 falls linearly with n; smaller values "
+                "pull the finer layers' transfers (large n) harder (0.5: square root; 0: every n < K alike)."})
     structure_weight: float = field(default=0.0, metadata={
         "help": "Weight of L_struct (a departure, 0: off): STROTSS's self-similarity distance between the L_CCL "
                 "transfer's and the content's hypercolumns of the frozen LPIPS backbone (16 x 16 grid); loads the "
@@ -117,7 +121,7 @@ class ObjectiveConfig:
             raise ValueError(f"ccl_hard_negative_rule must be one of {HARD_NEGATIVE_RULES}, "
                              f"got {self.ccl_hard_negative_rule!r}")
         for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight", "color_weight",
-                     "structure_weight"):
+                     "color_falloff", "structure_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.train_alignment is not None and self.train_alignment not in ALIGNMENT_RULES:
@@ -333,7 +337,7 @@ class COATTrainingObjective(nn.Module):
             parts["ccl"] = self.contrastive_loss(model.encoder(transfer), features[0], mutual, mask, keys)
             loss = loss + cfg.ccl_beta * parts["ccl"]
         if cfg.color_weight > 0:  # 4. pulled harder the more layers the style sets; not where a mixed-in style ends
-            weight = (k - n).float() / k  # (B,)
+            weight = ((k - n).float() / k) ** cfg.color_falloff  # (B,); 0 at n = K for every p > 0
             if mixed_in is not None:
                 weight = torch.where(mixed_in, 0.0, weight)
             parts["color"] = color_statistics_loss(transfer, style, weight)
