@@ -242,6 +242,27 @@ def test_tradeoff_labels_do_not_overlap(tmp_path):
     assert (tmp_path / "tradeoff.png").is_file()
 
 
+def test_tradeoff_end_labels_sit_beyond_their_own_end(tmp_path):
+    """Whichever way the sweep runs (here n = 0 at the lower right, n = 12 at the upper left, as a model whose
+    reconstruction keeps the most structure draws it), each end's label lies on the far side of its own point from
+    the other end, not by the other end."""
+    def method(n, structure, vgg, lab):
+        return {"name": f"coat n={n}", "family": "coat", "n": n, "transfer": {
+            "structure_distance": {"mean": structure}, "swd_vgg": {"mean": vgg}, "swd_lab": {"mean": lab}}}
+
+    methods = [method(n, 0.093 - 0.0006 * n, 0.826 + 0.002 * n, 6.8 + 0.6 * n) for n in range(13)]
+    figure = plot_tradeoff({"methods": methods, "pairs": [None] * 50}, tmp_path / "tradeoff.png")
+    for ax, key in zip(figure.axes[:2], ("swd_vgg", "swd_lab")):
+        ends = {m["n"]: ax.transData.transform((m["transfer"]["structure_distance"]["mean"],
+                                                m["transfer"][key]["mean"])) for m in methods if m["n"] in (0, 12)}
+        for text in ax.texts:
+            if text.get_text() in ("n=0", "n=12"):
+                own, other = (ends[0], ends[12]) if text.get_text() == "n=0" else (ends[12], ends[0])
+                box = text.get_window_extent()
+                centre = ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+                assert sum((c - o) ** 2 for c, o in zip(centre, other)) > sum((a - o) ** 2 for a, o in zip(own, other))
+
+
 # --- command line -------------------------------------------------------------------------------
 
 

@@ -77,18 +77,26 @@ LABEL_SPACING_PX = 24
 
 
 def _label_curve(ax: Any, xs: list[float], ys: list[float], labels: list[str]) -> None:
-    """Label the points of a curve without piling labels up: both ends always, with leader lines pointing away
-    from each other; a middle point only when it lies :data:`LABEL_SPACING_PX` from every labelled point."""
+    """Label the points of a curve without piling labels up: both ends always, each with a leader line on the side
+    away from the other end (so neither label sits by the wrong end, whichever way the curve runs); a middle point
+    only when it lies :data:`LABEL_SPACING_PX` from every labelled point."""
     pixels = ax.transData.transform(list(zip(xs, ys)))
-    order = [0, len(xs) - 1, *range(1, len(xs) - 1)] if len(xs) > 1 else [0]
+    last = len(xs) - 1
+    order = [0, last, *range(1, last)] if last > 0 else [0]
     placed: list[Any] = []
     for i in order:
-        if placed and i not in (0, len(xs) - 1) and min(
+        if placed and i not in (0, last) and min(
                 ((pixels[i] - p) ** 2).sum() ** 0.5 for p in placed) < LABEL_SPACING_PX:
             continue
-        offset = {0: (-34, 14), len(xs) - 1: (10, -18)}.get(i, (8, 6))
-        ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=offset, fontsize=8,
-                    arrowprops=dict(arrowstyle="-", lw=0.6, color="0.4") if i in (0, len(xs) - 1) else None)
+        away = pixels[i] - pixels[last - i] if i in (0, last) else None  # from the other end to this one
+        if away is None:
+            ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(8, 6), fontsize=8)
+        else:
+            length = float((away ** 2).sum() ** 0.5)
+            dx, dy = away / length if length >= 1 else ((-1.0, 0.5) if i == 0 else (1.0, -0.5))  # ends apart
+            ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(22 * dx, 22 * dy), fontsize=8,
+                        ha="right" if dx < 0 else "left", va="top" if dy < 0 else "bottom",
+                        arrowprops=dict(arrowstyle="-", lw=0.6, color="0.4"))
         placed.append(pixels[i])
 
 
