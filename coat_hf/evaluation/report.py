@@ -88,15 +88,14 @@ def _label_curve(ax: Any, xs: list[float], ys: list[float], labels: list[str]) -
         if placed and i not in (0, last) and min(
                 ((pixels[i] - p) ** 2).sum() ** 0.5 for p in placed) < LABEL_SPACING_PX:
             continue
-        away = pixels[i] - pixels[last - i] if i in (0, last) else None  # from the other end to this one
-        if away is None:
-            ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(8, 6), fontsize=8)
-        else:
+        placement: dict[str, Any] = {"xytext": (8, 6)}
+        if i in (0, last):  # along the direction from the other end to this one; fixed opposite sides if they meet
+            away = pixels[i] - pixels[last - i]
             length = float((away ** 2).sum() ** 0.5)
-            dx, dy = away / length if length >= 1 else ((-1.0, 0.5) if i == 0 else (1.0, -0.5))  # ends apart
-            ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(22 * dx, 22 * dy), fontsize=8,
-                        ha="right" if dx < 0 else "left", va="top" if dy < 0 else "bottom",
-                        arrowprops=dict(arrowstyle="-", lw=0.6, color="0.4"))
+            dx, dy = away / length if length >= 1 else ((-1.0, 0.5) if i == 0 else (1.0, -0.5))
+            placement = {"xytext": (22 * dx, 22 * dy), "ha": "right" if dx < 0 else "left",
+                         "va": "top" if dy < 0 else "bottom", "arrowprops": dict(arrowstyle="-", lw=0.6, color="0.4")}
+        ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", fontsize=8, **placement)
         placed.append(pixels[i])
 
 
