@@ -4,6 +4,7 @@
 * `latent_regularization`: L_reg, pSp's W-norm or e4e's delta regularisation of the style codes.
 * `correspondence_contrastive_loss`: L_CCL, the InfoNCE loss of Eq. 5-6 over matched positions.
 * `color_statistics_loss`: L_color, a departure: Lab means and deviations of an output pulled to a reference's.
+* `matched_color_loss`: L_local, a departure: an output's local Lab colours pulled to a reference's at matched positions.
 * `structure_loss`: L_struct, a departure: STROTSS's self-similarity distance between an output's and a reference's
   features (`self_similarity`, `self_similarity_distance`, which the evaluation's structure distance uses too).
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .color import lab_statistics
+from .color import lab_statistics, rgb_to_lab
 from .correspondence import cosine_similarity
 from .lpips_weights import load_lpips
 
@@ -33,6 +34,7 @@ __all__ = [
     "latent_regularization",
     "load_lpips",
     "lpips_loss",
+    "matched_color_loss",
     "mse_loss",
     "reconstruction_loss",
     "self_similarity",
@@ -85,6 +87,33 @@ def color_statistics_loss(output: Tensor, reference: Tensor, weight: Tensor | No
     _check_images(output, reference, None, "reference")
     (_, mean, std), (_, reference_mean, reference_std) = lab_statistics(output), lab_statistics(reference)
     per_image = (((mean - reference_mean) / 100).square() + ((std - reference_std) / 100).square()).mean(dim=(1, 2, 3))
+    return (per_image if weight is None else per_image * weight).mean()
+
+
+def matched_color_loss(output: Tensor, reference: Tensor, nearest: Tensor, valid: Tensor,
+                       weight: Tensor | None = None) -> Tensor:
+    """L_local (a departure from the paper): Eq. 3 read in colour. Where the aligned map takes the style's F2_j at
+    position i, the output's mean Lab colour in cell i is pulled to the reference's in cell j; cells form the h x w
+    grid of the matched scale. Per image the mean over valid cells of ``mean_c ((L_c(i) − L'_c(j)) / 100)²``, then
+    the batch mean of ``weight`` times it (an image with no valid cell contributes 0).
+
+    output, reference: (B, 3, H, W) in [-1, 1] (computed in float32); nearest: (B, h, w) int64, each cell's matched
+    reference cell (an index into h·w); valid: (B, h, w) bool, the cells that count (the mutual matches);
+    weight: optional (B,) per-image weights.
+    """
+    _check_images(output, reference, None, "reference")
+    if nearest.shape != valid.shape or nearest.ndim != 3 or nearest.shape[0] != output.shape[0]:
+        raise ValueError(f"nearest and valid must both be (B, h, w) with B = {output.shape[0]}, "
+                         f"got {tuple(nearest.shape)} and {tuple(valid.shape)}")
+    grid = tuple(nearest.shape[1:])
+
+    def cells(image: Tensor) -> Tensor:  # (B, 3, h·w) mean Lab colour per cell
+        return F.adaptive_avg_pool2d(rgb_to_lab((image.float() + 1) / 2), grid).flatten(2)
+
+    matched = cells(reference).gather(2, nearest.flatten(1)[:, None].expand(-1, 3, -1))  # (B, 3, h·w)
+    error = ((cells(output) - matched) / 100).square().mean(dim=1)  # (B, h·w)
+    valid = valid.flatten(1).to(error.dtype)
+    per_image = (error * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
     return (per_image if weight is None else per_image * weight).mean()
 
 

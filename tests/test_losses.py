@@ -22,6 +22,7 @@ from coat_hf.losses import (
     correspondence_contrastive_loss,
     latent_regularization,
     lpips_loss,
+    matched_color_loss,
     mse_loss,
     reconstruction_loss,
     structure_loss,
@@ -225,6 +226,30 @@ def test_color_statistics_loss_vanishes_after_global_colour_transfer():
     output = image.clone().requires_grad_()
     color_statistics_loss(output, reference).backward()
     assert output.grad.abs().sum() > 0
+
+
+def test_matched_color_loss_compares_each_cell_with_its_match():
+    """L_local pulls cell i of the output to cell j = nearest[i] of the reference: 0 for an output whose cells are the
+    reference's moved by the matches, not for the reference itself; cells outside ``valid`` do not count (none: 0);
+    per-image weights scale it and its gradient reaches the output; mismatched shapes are refused."""
+    torch.manual_seed(5)
+    reference = torch.rand(2, 3, 32, 32) * 2 - 1
+    nearest = torch.stack([torch.randperm(16) for _ in range(2)]).view(2, 4, 4)  # a 4 x 4 grid of 8 px cells
+    cells = reference.unfold(2, 8, 8).unfold(3, 8, 8)  # (B, 3, 4, 4, 8, 8)
+    moved = torch.stack([cells[b].flatten(1, 2)[:, nearest[b].flatten()] for b in range(2)])  # (B, 3, 16, 8, 8)
+    output = moved.view(2, 3, 4, 4, 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(2, 3, 32, 32)
+    everywhere = torch.ones(2, 4, 4, dtype=torch.bool)
+    assert matched_color_loss(output, reference, nearest, everywhere) < 1e-10
+    assert matched_color_loss(reference, reference, nearest, everywhere) > 1e-3
+    assert matched_color_loss(reference, reference, nearest, torch.zeros_like(everywhere)) == 0
+    first = matched_color_loss(reference[:1], reference[:1], nearest[:1], everywhere[:1])
+    half = matched_color_loss(reference, reference, nearest, everywhere, torch.tensor([1.0, 0.0]))
+    assert half == pytest.approx(first.item() / 2, rel=1e-5)
+    image = (reference * 0.5).requires_grad_()
+    matched_color_loss(image, reference, nearest, everywhere).backward()
+    assert image.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="nearest and valid"):
+        matched_color_loss(image, reference, nearest, everywhere[:1])
 
 
 def test_structure_loss_sees_layout_not_colour(alex, image_pair):

@@ -300,6 +300,36 @@ def test_the_color_falloff_reaches_the_finer_layers_transfers(image_pair, fallof
         ObjectiveConfig(color_falloff=-0.5)
 
 
+def test_the_local_color_term_compares_the_transfer_with_the_style_at_the_mutual_matches(image_pair):
+    """L_local takes the transfer, the style photo and the mutual matches of ``local_color_scale`` from the same
+    pass as L_CCL, with L_color's per-sample weight; a mask that leaves no object cell leaves no term; a scale the
+    model lacks and a negative weight are refused in one line."""
+    from coat_hf.losses import matched_color_loss
+
+    content, style = image_pair
+    objective, keys, with_local, without = _with_and_without(image_pair, "local_color_weight", 5.0)
+    model, k = objective.model, objective.model.config.num_modulation_layers
+    assert "local_color" not in without and with_local["local_color"] > 0
+    torch.testing.assert_close(with_local["loss"], without["loss"] + 5.0 * with_local["local_color"])
+    with torch.no_grad():
+        scale = objective.config.local_color_scale
+        (f1, f2) = model.encoder(content)[scale], model.encoder(style)[scale]
+        _, (matches,) = model.align([f1], [f2], "mutual")
+        grid = f1.shape[-2:]
+        n = objective._transfer_n(keys)
+        expected = matched_color_loss(with_local["transfer_images"], style, matches.nearest.unflatten(1, grid),
+                                      matches.mutual.unflatten(1, grid), (k - n).float() / k)
+    torch.testing.assert_close(with_local["local_color"], expected)
+
+    torch.manual_seed(0)
+    masked = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, local_color_weight=5.0))
+    assert masked(content, style, keys, torch.zeros_like(content[:, :1]))["local_color"] == 0
+    with pytest.raises(ValueError, match="local_color_weight"):
+        ObjectiveConfig(local_color_weight=-1.0)
+    with pytest.raises(ValueError, match="local_color_scale"):
+        COATTrainingObjective(model, ObjectiveConfig(local_color_weight=1.0, local_color_scale=model.config.num_scales))
+
+
 def test_the_structure_term_compares_each_transfer_with_its_content(image_pair):
     from coat_hf.losses import structure_loss
 
@@ -493,12 +523,12 @@ def _train(args: list[str]) -> subprocess.CompletedProcess:
 def test_every_term_of_the_objective_is_logged_and_carded(image_folder, tmp_path, tiny_train_args):
     out = tmp_path / "run"
     export = Trainer(parse_arguments(tiny_train_args(
-        image_folder, out, "--max_steps", "2", "--color_weight", "1", "--color_falloff", "0.5", "--structure_weight",
-        "2", "--adversarial", "true"))).train()
-    terms = {"loss", "rec", "mse", "reg", "ccl", "transfer", "color", "structure", "adv_g", "adv_d"}
+        image_folder, out, "--max_steps", "2", "--color_weight", "1", "--color_falloff", "0.5", "--local_color_weight",
+        "3", "--structure_weight", "2", "--adversarial", "true"))).train()
+    terms = {"loss", "rec", "mse", "reg", "ccl", "transfer", "color", "local_color", "structure", "adv_g", "adv_d"}
     assert all(terms <= set(row) for row in _metrics(out))
     card = (export / "README.md").read_text()
-    assert "1.0·L_color (per sample ((K − n)/K)^0.5)" in card and "2.0·L_struct" in card
+    assert "1.0·L_color + 3.0·L_local (per sample ((K − n)/K)^0.5)" in card and "2.0·L_struct" in card
     assert "structure " in card.split("final losses")[1]
     assert "structure code: none (the paper)" in card
 

@@ -1,4 +1,4 @@
-"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer + w·L_color + s·L_struct) on a batch.
+"""COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer + w·L_color + u·L_local + s·L_struct).
 
 For content images I1 (B, 3, S, S) and style images I2 of the same category:
 
@@ -21,7 +21,11 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
 4. L_color (``color_weight`` > 0; a departure): the transfer I_{2→1}'s Lab mean and standard deviation per channel
    pulled to I2's (:func:`coat_hf.losses.color_statistics_loss`), per sample weighted by ((K − n)/K)^p
    (p = ``color_falloff``: 1 linear, smaller reaches the finer layers' transfers at large n harder).
-5. L_struct (``structure_weight`` > 0; a departure): STROTSS's self-similarity distance between I_{2→1}'s and I1's
+5. L_local (``local_color_weight`` u > 0; a departure): Eq. 3 read in colour. At each mutual match (i, j) of the
+   scale ``local_color_scale``, I_{2→1}'s mean Lab colour in cell i pulled to I2's in cell j
+   (:func:`coat_hf.losses.matched_color_loss`), with L_color's per-sample weight: the style's colours where the
+   alignment put them, not only its global statistics.
+6. L_struct (``structure_weight`` > 0; a departure): STROTSS's self-similarity distance between I_{2→1}'s and I1's
    hypercolumns of the frozen LPIPS backbone (:func:`coat_hf.losses.structure_loss`): the content's layout kept
    whatever colours the transfer takes, at every n.
 
@@ -52,8 +56,8 @@ from torch import Tensor, nn
 
 from ..configuration_coat import ALIGNMENT_RULES
 from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, color_statistics_loss,
-                      correspondence_contrastive_loss, latent_regularization, load_lpips, reconstruction_loss,
-                      structure_loss)
+                      correspondence_contrastive_loss, latent_regularization, load_lpips, matched_color_loss,
+                      reconstruction_loss, structure_loss)
 from ..modeling_coat import COATModel, mix_latents
 from .pseudo_pairs import PseudoPairOptions, pseudo_exemplar_pair, structure_view
 from .random import normal, randint, uniform
@@ -89,6 +93,12 @@ class ObjectiveConfig:
     color_falloff: float = field(default=1.0, metadata={
         "help": "Exponent p of L_color's per-sample weight ((K - n) / K)^p: 1 falls linearly with n; smaller values "
                 "pull the finer layers' transfers (large n) harder (0.5: square root; 0: every n < K alike)."})
+    local_color_weight: float = field(default=0.0, metadata={
+        "help": "Weight of L_local (a departure, 0: off): at each mutual match (i, j) of the scale local_color_scale, "
+                "the L_CCL transfer's mean Lab colour in cell i pulled to its style photo's in cell j, with "
+                "L_color's per-sample weight ((K - n) / K)^p: the style's colours where the alignment puts them."})
+    local_color_scale: int = field(default=2, metadata={
+        "help": "E's scale whose matches and grid L_local uses (2: the 16 x 16 grid of a 128-pixel model)."})
     structure_weight: float = field(default=0.0, metadata={
         "help": "Weight of L_struct (a departure, 0: off): STROTSS's self-similarity distance between the L_CCL "
                 "transfer's and the content's hypercolumns of the frozen LPIPS backbone (16 x 16 grid); loads the "
@@ -121,7 +131,7 @@ class ObjectiveConfig:
             raise ValueError(f"ccl_hard_negative_rule must be one of {HARD_NEGATIVE_RULES}, "
                              f"got {self.ccl_hard_negative_rule!r}")
         for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight", "color_weight",
-                     "color_falloff", "structure_weight"):
+                     "color_falloff", "local_color_weight", "structure_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.train_alignment is not None and self.train_alignment not in ALIGNMENT_RULES:
@@ -186,6 +196,8 @@ class COATTrainingObjective(nn.Module):
         self.ccl_scales = list(range(num_scales)) if config.ccl_scales is None else list(config.ccl_scales)
         if not self.ccl_scales or not all(0 <= s < num_scales for s in self.ccl_scales):
             raise ValueError(f"ccl_scales must be indices in [0, {num_scales}), got {config.ccl_scales}")
+        if not 0 <= config.local_color_scale < num_scales:
+            raise ValueError(f"local_color_scale must be an index in [0, {num_scales}), got {config.local_color_scale}")
         if config.transfer_n is not None and not 0 <= config.transfer_n <= k:
             raise ValueError(f"transfer_n must be in [0, {k}], got {config.transfer_n}")
         if config.structure_view and not model.config.structure_channels:
@@ -284,8 +296,8 @@ class COATTrainingObjective(nn.Module):
             mask: optional (B, 1, S, S) foreground of I1 weighting L_rec and restricting L_CCL's positions.
 
         Returns:
-            ``loss`` (scalar L), the parts ``rec``, ``mse``, ``lpips``, ``reg``, ``ccl`` and
-            ``transfer`` (detached), and the images ``reconstruction`` and ``transfer_images``
+            ``loss`` (scalar L), the parts ``rec``, ``mse``, ``lpips``, ``reg`` and those of the terms in use
+            (``ccl``, ``color``, ``local_color``, ``structure``, ``transfer``; detached), and the images ``reconstruction`` and ``transfer_images``
             (B, 3, S, S), with their graphs (for an adversarial term).
         """
         model, cfg = self.model, self.config
@@ -305,12 +317,12 @@ class COATTrainingObjective(nn.Module):
         structure = model.structure(features.pop() if cfg.structure_view else features[0])  # None: the paper's D
         matching = [model.matching_maps(x, f) for x, f in zip(images, features)]  # what Eq. 1 compares
 
-        def align(pair: tuple) -> tuple[list[Tensor], list[Tensor]]:  # F^ of one style and the mutual matches
-            aligned, matches = model.align(pair[0], pair[1], cfg.train_alignment, content_keys=pair[2],
-                                           style_keys=pair[3])
-            return aligned, [m.mutual for m in matches]
+        def align(pair: tuple) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:  # F^, (nearest, mutual) per scale
+            aligned, found = model.align(pair[0], pair[1], cfg.train_alignment, content_keys=pair[2],
+                                         style_keys=pair[3])
+            return aligned, [(m.nearest, m.mutual) for m in found]
 
-        (aligned, mutual), *pseudo_aligned = shared(
+        (aligned, matches), *pseudo_aligned = shared(
             align, [(features[0], f, matching[0], m) for f, m in zip(features[1:], matching[1:])])
         latents = shared(model.style_vectors, [features[0], aligned, *[a for a, _ in pseudo_aligned]])
         content_latents, style_latents = latents[:2]  # (B, K, D) each
@@ -334,15 +346,25 @@ class COATTrainingObjective(nn.Module):
         parts = {"rec": rec, **parts, "reg": latent_regularization(content_latents, model.latent_avg, cfg.reg_type)}
         loss = rec + cfg.reg_alpha * parts["reg"]
         if cfg.ccl_beta > 0:
-            parts["ccl"] = self.contrastive_loss(model.encoder(transfer), features[0], mutual, mask, keys)
+            parts["ccl"] = self.contrastive_loss(model.encoder(transfer), features[0], [m for _, m in matches], mask,
+                                                 keys)
             loss = loss + cfg.ccl_beta * parts["ccl"]
-        if cfg.color_weight > 0:  # 4. pulled harder the more layers the style sets; not where a mixed-in style ends
-            weight = ((k - n).float() / k) ** cfg.color_falloff  # (B,); 0 at n = K for every p > 0
-            if mixed_in is not None:
-                weight = torch.where(mixed_in, 0.0, weight)
-            parts["color"] = color_statistics_loss(transfer, style, weight)
+        # 4. and 5. pulled harder the more layers the style sets; not where a mixed-in style ends
+        style_share = ((k - n).float() / k) ** cfg.color_falloff  # (B,); 0 at n = K for every p > 0
+        if mixed_in is not None:
+            style_share = torch.where(mixed_in, 0.0, style_share)
+        if cfg.color_weight > 0:
+            parts["color"] = color_statistics_loss(transfer, style, style_share)
             loss = loss + cfg.color_weight * parts["color"]
-        if cfg.structure_weight > 0:  # 5. the content's layout, at every n
+        if cfg.local_color_weight > 0:
+            scale = cfg.local_color_scale
+            grid = features[0][scale].shape[-2:]
+            nearest, valid = (m.unflatten(1, grid) for m in matches[scale])  # (B, h, w) each
+            if mask is not None:
+                valid = valid & (F.interpolate(mask, size=grid, mode="area")[:, 0] > 0.5)
+            parts["local_color"] = matched_color_loss(transfer, style, nearest, valid, style_share)
+            loss = loss + cfg.local_color_weight * parts["local_color"]
+        if cfg.structure_weight > 0:  # 6. the content's layout, at every n
             parts["structure"] = structure_loss(self.lpips, transfer, content)
             loss = loss + cfg.structure_weight * parts["structure"]
         if cfg.transfer_weight > 0:

@@ -247,7 +247,7 @@ model = COATModel.from_pretrained("{folder}")
 | steps | {step} (global batch {global_batch}, {num_processes} process(es)) |
 | images seen | {images_seen} |
 | training time | {minutes:.1f} min on {device} |
-| objective | L_rec (λ_mse {lambda_mse}, λ_lpips {lambda_lpips}, LPIPS {lpips_net}) + {reg_alpha}·L_reg + {ccl_beta}·L_CCL + {transfer_weight}·L_transfer + {color_weight}·L_color (per sample ((K − n)/K)^{color_falloff}) + {structure_weight}·L_struct |
+| objective | L_rec (λ_mse {lambda_mse}, λ_lpips {lambda_lpips}, LPIPS {lpips_net}) + {reg_alpha}·L_reg + {ccl_beta}·L_CCL + {transfer_weight}·L_transfer + {color_weight}·L_color + {local_color_weight}·L_local (per sample ((K − n)/K)^{color_falloff}) + {structure_weight}·L_struct |
 | alignment | {alignment}; E_mod pyramid: {pyramid}; structure code: {structure} |
 | trained modules | {train_modules} |
 | weights | EMA (decay {ema_decay}), {dtype} |
@@ -278,7 +278,7 @@ def export_model(model: COATModel, ema: EMA, directory: Path, config: RunConfig,
         num_processes=num_processes, images_seen=state.images_seen, minutes=state.seconds / 60, device=device,
         lambda_mse=oc.lambda_mse, lambda_lpips=oc.lambda_lpips, lpips_net=oc.lpips_net, reg_alpha=oc.reg_alpha,
         ccl_beta=oc.ccl_beta, transfer_weight=oc.transfer_weight, color_weight=oc.color_weight,
-        color_falloff=oc.color_falloff, structure_weight=oc.structure_weight,
+        color_falloff=oc.color_falloff, local_color_weight=oc.local_color_weight, structure_weight=oc.structure_weight,
         alignment=mc.alignment, pyramid=mc.modulation_pyramid, structure=structure_description(mc, oc),
         train_modules=args.train_modules, ema_decay=ema.decay,
         dtype=args.export_dtype, losses=", ".join(f"{k} {v:.4f}" for k, v in losses.items()) or "n/a",
