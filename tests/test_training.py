@@ -328,6 +328,7 @@ def test_the_local_color_term_compares_the_transfer_with_the_style_at_the_mutual
         ObjectiveConfig(local_color_weight=-1.0)
     with pytest.raises(ValueError, match="local_color_scale"):
         COATTrainingObjective(model, ObjectiveConfig(local_color_weight=1.0, local_color_scale=model.config.num_scales))
+    COATTrainingObjective(model, ObjectiveConfig(local_color_scale=model.config.num_scales))  # the term off: unused
 
 
 def test_the_structure_term_compares_each_transfer_with_its_content(image_pair):

@@ -98,7 +98,8 @@ class ObjectiveConfig:
                 "the L_CCL transfer's mean Lab colour in cell i pulled to its style photo's in cell j, with "
                 "L_color's per-sample weight ((K - n) / K)^p: the style's colours where the alignment puts them."})
     local_color_scale: int = field(default=2, metadata={
-        "help": "E's scale whose matches and grid L_local uses (2: the 16 x 16 grid of a 128-pixel model)."})
+        "help": "E's scale whose matches and grid L_local uses (2: the 16 x 16 grid of a 128-pixel model; checked "
+                "only when local_color_weight > 0)."})
     structure_weight: float = field(default=0.0, metadata={
         "help": "Weight of L_struct (a departure, 0: off): STROTSS's self-similarity distance between the L_CCL "
                 "transfer's and the content's hypercolumns of the frozen LPIPS backbone (16 x 16 grid); loads the "
@@ -196,7 +197,7 @@ class COATTrainingObjective(nn.Module):
         self.ccl_scales = list(range(num_scales)) if config.ccl_scales is None else list(config.ccl_scales)
         if not self.ccl_scales or not all(0 <= s < num_scales for s in self.ccl_scales):
             raise ValueError(f"ccl_scales must be indices in [0, {num_scales}), got {config.ccl_scales}")
-        if not 0 <= config.local_color_scale < num_scales:
+        if config.local_color_weight > 0 and not 0 <= config.local_color_scale < num_scales:
             raise ValueError(f"local_color_scale must be an index in [0, {num_scales}), got {config.local_color_scale}")
         if config.transfer_n is not None and not 0 <= config.transfer_n <= k:
             raise ValueError(f"transfer_n must be in [0, {k}], got {config.transfer_n}")
