@@ -165,6 +165,11 @@ def _split(output, count: int) -> list:
     return [type(output)(part[i] for part in parts) for i in range(count)]
 
 
+def foreground_cells(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """The cells of a (h, w) grid at least half covered by a (B, 1, S, S) foreground mask: (B, h, w) bool."""
+    return F.interpolate(mask, size=size, mode="area")[:, 0] > 0.5
+
+
 def per_sample_noise(model: COATModel, keys: Tensor) -> list[Tensor]:
     """D's noise maps drawn from each sample's key: (B, 1, r, r) per StyledConv (stream ``_NOISE_STREAM + i`` for the
     i-th), the layers of one resolution drawn together."""
@@ -264,9 +269,7 @@ class COATTrainingObjective(nn.Module):
         queries, keys_, valids = [], [], []
         for scale in self.ccl_scales:
             query_map, key_map = output_features[scale], content_features[scale]  # (B, C, h, w) each
-            foreground = None
-            if mask is not None:
-                foreground = F.interpolate(mask, size=key_map.shape[-2:], mode="area").flatten(1) > 0.5  # (B, h·w)
+            foreground = None if mask is None else foreground_cells(mask, key_map.shape[-2:]).flatten(1)  # (B, h·w)
             index, valid = self._sample_positions(mutual[scale], foreground, keys, scale)
             gather = index[:, :, None].expand(-1, -1, key_map.shape[1])
             queries.append(query_map.flatten(2).transpose(1, 2).gather(1, gather))  # (B, P, C)
@@ -298,8 +301,8 @@ class COATTrainingObjective(nn.Module):
 
         Returns:
             ``loss`` (scalar L), the parts ``rec``, ``mse``, ``lpips``, ``reg`` and those of the terms in use
-            (``ccl``, ``color``, ``local_color``, ``structure``, ``transfer``; detached), and the images ``reconstruction`` and ``transfer_images``
-            (B, 3, S, S), with their graphs (for an adversarial term).
+            (``ccl``, ``color``, ``local_color``, ``structure``, ``transfer``; detached), and the images
+            ``reconstruction`` and ``transfer_images`` (B, 3, S, S), with their graphs (for an adversarial term).
         """
         model, cfg = self.model, self.config
         k = model.config.num_modulation_layers
@@ -362,7 +365,7 @@ class COATTrainingObjective(nn.Module):
             grid = features[0][scale].shape[-2:]
             nearest, valid = (m.unflatten(1, grid) for m in matches[scale])  # (B, h, w) each
             if mask is not None:
-                valid = valid & (F.interpolate(mask, size=grid, mode="area")[:, 0] > 0.5)
+                valid = valid & foreground_cells(mask, grid)
             parts["local_color"] = matched_color_loss(transfer, style, nearest, valid, style_share)
             loss = loss + cfg.local_color_weight * parts["local_color"]
         if cfg.structure_weight > 0:  # 6. the content's layout, at every n
