@@ -7,6 +7,8 @@
 * `matched_color_loss`: L_local, a departure: an output's local Lab colours pulled to a reference's at matched positions.
 * `structure_loss`: L_struct, a departure: STROTSS's self-similarity distance between an output's and a reference's
   features (`self_similarity`, `self_similarity_distance`, which the evaluation's structure distance uses too).
+* `texture_loss`: L_tex, a departure: the sliced Wasserstein distance between an output's and a reference's feature
+  distributions.
 
 LPIPS models with real ImageNet backbones come from `coat_hf.lpips_weights.load_lpips`.
 """
@@ -40,6 +42,7 @@ __all__ = [
     "self_similarity",
     "self_similarity_distance",
     "structure_loss",
+    "texture_loss",
 ]
 
 HARD_NEGATIVE_RULES = ("hardest", "exclude_nearest", "all")
@@ -150,6 +153,35 @@ def structure_loss(lpips_model: lpips.LPIPS, output: Tensor, reference: Tensor, 
         reference_similarity = self_similarity(lpips_hypercolumns(lpips_model, reference.float(), grid_size))
     similarity = self_similarity(lpips_hypercolumns(lpips_model, output.float(), grid_size))  # (B, N, N)
     return self_similarity_distance(similarity, reference_similarity).mean()
+
+
+def texture_loss(lpips_model: lpips.LPIPS, output: Tensor, reference: Tensor, directions: Tensor,
+                 weight: Tensor | None = None, grid_size: int = 32) -> Tensor:
+    """L_tex (a departure from the paper): the squared sliced Wasserstein distance (Heitz et al., 2021) between the
+    distributions of ``output``'s and ``reference``'s hypercolumns of the frozen LPIPS backbone: each image's g·g
+    positions projected on its own random unit directions and sorted, ``SW_2^2 = mean_{θ,k} (sort(θ·X)_k −
+    sort(θ·Y)_k)^2``. It compares where features lie, not where they are: the reference's textures and colours, any
+    layout. Then the batch mean of ``weight`` times it. (The evaluation's SWD VGG is the same distance on VGG16
+    hypercolumns, a different network, along fixed directions.)
+
+    output, reference: (B, 3, S, S) in [-1, 1] (computed in float32); directions: (B, C, P), any scale (each
+    column is normalised), C the backbone's channels (1152 for AlexNet); weight: optional (B,); no gradient flows
+    into ``reference``.
+    """
+    _check_images(output, reference, None, "reference")
+    with torch.no_grad():
+        reference_columns = lpips_hypercolumns(lpips_model, reference.float(), grid_size).flatten(2)  # (B, C, N)
+    columns = lpips_hypercolumns(lpips_model, output.float(), grid_size).flatten(2)
+    if directions.ndim != 3 or directions.shape[:2] != columns.shape[:2]:
+        raise ValueError(f"directions must be (B, C, P) with (B, C) = {tuple(columns.shape[:2])}, "
+                         f"got {tuple(directions.shape)}")
+    directions = F.normalize(directions.float(), dim=1)
+
+    def projected(x: Tensor) -> Tensor:  # (B, P, N), sorted along N
+        return (directions.transpose(1, 2) @ x).sort(dim=2).values
+
+    per_image = (projected(columns) - projected(reference_columns)).square().mean(dim=(1, 2))
+    return (per_image if weight is None else per_image * weight).mean()
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from coat_hf.losses import (
     mse_loss,
     reconstruction_loss,
     structure_loss,
+    texture_loss,
 )
 from coat_hf.lpips_weights import FETCH_COMMAND, backbone_state_dict, load_lpips, load_numpy_pickle, load_vgg16_features
 
@@ -268,6 +269,27 @@ def test_structure_loss_sees_layout_not_colour(alex, image_pair):
     assert output.grad.abs().sum() > 0 and reference.grad is None
     with pytest.raises(ValueError, match="`reference` shape"):
         structure_loss(alex, content, content[:, :, :32])
+
+
+def test_texture_loss_sees_feature_distributions_not_layout(alex, image_pair):
+    """L_tex compares where the hypercolumns lie more than where they are: 0 for the reference itself, little for
+    its mirror image (another layout, the same parts) or a blurred copy, much more for another photo; the weight
+    scales each image; no gradient reaches the reference; directions of the wrong shape are refused in one line."""
+    content, style = image_pair  # (2, 3, 64, 64) shape images
+    directions = torch.randn(2, sum(alex.chns), 32, generator=torch.Generator().manual_seed(0))
+    assert texture_loss(alex, content, content, directions) == 0
+    other = texture_loss(alex, style, content, directions)
+    blurred = torch.nn.functional.avg_pool2d(content, 5, stride=1, padding=2, count_include_pad=False)
+    assert 0 < texture_loss(alex, content.flip(-1), content, directions) < other / 3
+    assert 0 < texture_loss(alex, blurred, content, directions) < other / 3
+    first = texture_loss(alex, style[:1], content[:1], directions[:1])
+    half = texture_loss(alex, style, content, directions, torch.tensor([1.0, 0.0]))
+    assert half == pytest.approx(first.item() / 2, rel=1e-5)
+    output, reference = blurred.clone().requires_grad_(), content.clone().requires_grad_()
+    texture_loss(alex, output, reference, directions).backward()
+    assert output.grad.abs().sum() > 0 and reference.grad is None
+    with pytest.raises(ValueError, match="directions must be"):
+        texture_loss(alex, content, content, directions[:, :10])
 
 
 def test_reconstruction_loss_combines_parts(alex):

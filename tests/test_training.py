@@ -345,6 +345,29 @@ def test_the_structure_term_compares_each_transfer_with_its_content(image_pair):
         ObjectiveConfig(structure_weight=-1.0)
 
 
+def test_the_texture_term_compares_each_transfer_with_its_style(image_pair):
+    """L_tex takes the transfer and its style photo with L_color's per-sample weight, along directions drawn from
+    the samples' keys (the same keys, the same term); bad weights and projection counts are refused in one line."""
+    from coat_hf.losses import texture_loss
+    from coat_hf.training.objective import _TEXTURE_STREAM
+    from coat_hf.training.random import normal
+
+    _, style = image_pair
+    objective, keys, with_texture, without = _with_and_without(image_pair, "texture_weight", 50.0)
+    assert objective.lpips is not None  # loaded for L_tex although λ_lpips = 0
+    k, n = objective.model.config.num_modulation_layers, objective._transfer_n(keys)
+    shape = (2, sum(objective.lpips.chns), objective.config.texture_projections)
+    directions = normal(keys, _TEXTURE_STREAM, shape[1] * shape[2]).view(shape)
+    expected = texture_loss(objective.lpips, with_texture["transfer_images"], style, directions, (k - n).float() / k)
+    assert "texture" not in without and with_texture["texture"] > 0
+    torch.testing.assert_close(with_texture["texture"], expected.detach())
+    torch.testing.assert_close(with_texture["loss"], without["loss"] + 50.0 * expected)
+    with pytest.raises(ValueError, match="texture_weight"):
+        ObjectiveConfig(texture_weight=-1.0)
+    with pytest.raises(ValueError, match="texture_projections"):
+        ObjectiveConfig(texture_projections=0)
+
+
 def test_the_structure_view_feeds_the_code_the_content_under_other_colours(image_pair):
     """With ``structure_view`` the structure code reads E of the content under an appearance of its own (the content
     itself when the appearance ranges are 0; neither the content's colours nor the pseudo pair's target's) and
