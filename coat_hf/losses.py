@@ -169,13 +169,13 @@ def texture_loss(lpips_model: lpips.LPIPS, output: Tensor, reference: Tensor, di
     into ``reference``.
     """
     _check_images(output, reference, None, "reference")
+    expected = (output.shape[0], sum(lpips_model.chns))
+    if directions.ndim != 3 or tuple(directions.shape[:2]) != expected:
+        raise ValueError(f"directions must be (B, C, P) with (B, C) = {expected}, got {tuple(directions.shape)}")
+    directions = F.normalize(directions.float(), dim=1)
     with torch.no_grad():
         reference_columns = lpips_hypercolumns(lpips_model, reference.float(), grid_size).flatten(2)  # (B, C, N)
     columns = lpips_hypercolumns(lpips_model, output.float(), grid_size).flatten(2)
-    if directions.ndim != 3 or directions.shape[:2] != columns.shape[:2]:
-        raise ValueError(f"directions must be (B, C, P) with (B, C) = {tuple(columns.shape[:2])}, "
-                         f"got {tuple(directions.shape)}")
-    directions = F.normalize(directions.float(), dim=1)
 
     def projected(x: Tensor) -> Tensor:  # (B, P, N), sorted along N
         return (directions.transpose(1, 2) @ x).sort(dim=2).values
