@@ -55,7 +55,8 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **dict.fromkeys(("image_size", "in_channels", "style_dim", "alignment_block_size", "structure_channels"),
                     (_is_int, "an integer")),
-    **dict.fromkeys(("default_n", "structure_scale"), (lambda value: value is None or _is_int(value), "an integer")),
+    "default_n": (lambda value: value is None or _is_int(value), "an integer"),
+    "structure_scale": (lambda value: _is_int(value) or _list_of(_is_int)(value), "an integer or a list of integers"),
     **dict.fromkeys(("encoder_channels", "decoder_channels", "style_scales"),
                     (_list_of(_is_int), "a non-empty list of integers")),
     "blur_kernel": (_list_of(_is_number), "a non-empty list of numbers"),
@@ -159,7 +160,8 @@ class COATConfig(PretrainedConfig):
             the paper, see ``coat_hf.encoders.StructureCode``); 0, the paper, leaves D to start from its constant
             alone, so the content's layout reaches it only through the first n style vectors.
         structure_scale: the scale of E whose map gives the structure code, added to D's features of the same
-            resolution (default: the deepest, L - 1).
+            resolution (default: the deepest, L - 1), or a list of scales: one code of ``structure_channels`` per
+            scale, each added at its own resolution (coarse layout and finer detail, ``structure_scales``).
 
     The training losses and their weights are not part of the architecture: they live in
     ``coat_hf.training.ObjectiveConfig``.
@@ -186,7 +188,7 @@ class COATConfig(PretrainedConfig):
         modulation_pyramid: bool = False,
         noise_mode: str = "random",
         structure_channels: int = 0,
-        structure_scale: int | None = None,
+        structure_scale: int | list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         fields = {name: value for name, value in locals().items() if name in _FIELD_TYPES}  # the arguments
@@ -231,10 +233,15 @@ class COATConfig(PretrainedConfig):
             raise ValueError(f"noise_mode must be 'random' or 'const', got {noise_mode!r}")
         self.noise_mode = noise_mode
         self.structure_channels = structure_channels
-        self.structure_scale = self.num_scales - 1 if structure_scale is None else structure_scale
-        if not 0 <= self.structure_scale < self.num_scales or self.feature_sizes[self.structure_scale] < 4:
-            raise ValueError(f"structure_scale must be a scale of E in [0, {self.num_scales}) with maps of at least "
-                             f"4x4, got {structure_scale}")
+        if structure_scale is None:
+            structure_scale = self.num_scales - 1
+        self.structure_scale = structure_scale if _is_int(structure_scale) else list(structure_scale)
+        scales = self.structure_scales
+        if len(set(scales)) != len(scales) or not all(
+            0 <= l < self.num_scales and self.feature_sizes[l] >= 4 for l in scales
+        ):
+            raise ValueError(f"structure_scale must be distinct scales of E in [0, {self.num_scales}) with maps of at "
+                             f"least 4x4, got {structure_scale}")
         super().__init__(**kwargs)
 
     @property
@@ -246,6 +253,12 @@ class COATConfig(PretrainedConfig):
     def num_modulation_layers(self) -> int:
         """K = 2·log2(image_size) − 2, the style vectors D consumes; n ranges over 0..K."""
         return 2 * int(math.log2(self.image_size)) - 2
+
+    @property
+    def structure_scales(self) -> list[int]:
+        """The scales of E whose maps give the structure codes (``structure_scale`` as a list)."""
+        scale = self.structure_scale
+        return [scale] if _is_int(scale) else list(scale)
 
     @property
     def feature_strides(self) -> list[int]:

@@ -46,6 +46,10 @@ def mix_latents(content_latents: Tensor, style_latents: Tensor, n: int | Tensor)
     return torch.where(mask.expand(content_latents.shape[:2])[:, :, None], content_latents, style_latents)
 
 
+_LEGACY_KEYS = {r"^structure_code\.": "structure_codes.0."}
+"""transformers' ``key_mapping`` from the single structure code's weight names to the first of the list."""
+
+
 class COATPreTrainedModel(PreTrainedModel):
     config_class = COATConfig
     base_model_prefix = "coat"
@@ -64,13 +68,21 @@ class COATPreTrainedModel(PreTrainedModel):
         elif hasattr(module, "reset_parameters"):
             module.reset_parameters()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' ``from_pretrained``; checkpoints from before the structure code took a list of scales
+        (one ``structure_code.*``) load into the first code, ``structure_codes.0.*``."""
+        kwargs.setdefault("key_mapping", _LEGACY_KEYS)
+        return super().from_pretrained(*args, **kwargs)
+
     def _adjust_missing_and_unexpected_keys(self, loading_info: LoadStateDictInfo) -> None:
         """transformers' loading hook, extended: a checkpoint that lacks weights is refused, since they would
-        otherwise stay randomly initialised with only a logged warning. The one exception is the structure code
-        asked for over a model trained without it (``structure_channels`` passed to ``from_pretrained``): it
-        starts at zero, so the model decodes as before and training continues from there."""
+        otherwise stay randomly initialised with only a logged warning. The one exception is a structure code
+        asked for over a model trained without it (``structure_channels`` or another ``structure_scale`` passed
+        to ``from_pretrained``): it starts at zero, so the model decodes as before and training continues from
+        there."""
         super()._adjust_missing_and_unexpected_keys(loading_info)
-        missing = sorted(key for key in loading_info.missing_keys if not key.startswith("structure_code."))
+        missing = sorted(key for key in loading_info.missing_keys if not key.startswith("structure_codes."))
         if missing:
             raise ValueError(f"the checkpoint lacks {len(missing)} of the model's weights ({', '.join(missing[:4])}"
                              f"{', ...' if len(missing) > 4 else ''}); they would stay random")
@@ -93,12 +105,13 @@ class COATModel(COATPreTrainedModel):
         )
         self.decoder = StyleGAN2Synthesis(config.image_size, config.style_dim, config.decoder_channels,
                                           config.blur_kernel)
-        self.structure_code = None
-        if config.structure_channels > 0:  # a departure: the content's layout reaches D spatially
-            scale = config.structure_scale
-            resolution = config.feature_sizes[scale]  # D's width there: decoder_channels lists 4, 8, ..., S
-            self.structure_code = StructureCode(config.encoder_channels[scale], config.structure_channels,
-                                                config.decoder_channels[int(math.log2(resolution)) - 2])
+        self.structure_codes = None
+        if config.structure_channels > 0:  # a departure: the content's layout reaches D spatially, at each scale's
+            widths = {scale: config.decoder_channels[int(math.log2(config.feature_sizes[scale])) - 2]  # D's width
+                      for scale in config.structure_scales}  # at the map's resolution (it lists 4, 8, ..., S)
+            self.structure_codes = nn.ModuleList(
+                StructureCode(config.encoder_channels[scale], config.structure_channels, width)
+                for scale, width in widths.items())
         # The decoder's average latent: E_mod predicts offsets from it (pSp), L_reg pulls towards it.
         self.register_buffer("latent_avg", torch.zeros(config.style_dim))
         self.post_init()
@@ -176,17 +189,18 @@ class COATModel(COATPreTrainedModel):
         """E_mod: maps -> (B, K, D) style vectors, offsets from the decoder's average latent."""
         return self.modulation_encoder(features) + self.latent_avg
 
-    def structure(self, features: list[Tensor]) -> Tensor | None:
-        """The content's spatial structure code from its maps F1 (``config.structure_channels`` > 0, a departure), D's
-        width at the map's resolution r: (B, C_r, r, r); None for the paper's model."""
-        if self.structure_code is None:
+    def structure(self, features: list[Tensor]) -> list[Tensor] | None:
+        """The content's spatial structure codes from its maps F1 (``config.structure_channels`` > 0, a departure), one
+        per scale of ``config.structure_scales``, D's width at the map's resolution r: (B, C_r, r, r) each; None for
+        the paper's model."""
+        if self.structure_codes is None:
             return None
-        return self.structure_code(features[self.config.structure_scale])
+        return [code(features[scale]) for code, scale in zip(self.structure_codes, self.config.structure_scales)]
 
     def decode(self, latents: Tensor, generator: torch.Generator | list[torch.Generator] | None = None,
-               structure: Tensor | None = None) -> Tensor:
-        """D: (B, K, D) -> (B, 3, S, S), with the content's ``structure`` code (:meth:`structure`) when the model
-        has one. Noise per ``config.noise_mode``; ``generator`` seeds random noise.
+               structure: list[Tensor] | None = None) -> Tensor:
+        """D: (B, K, D) -> (B, 3, S, S), with the content's ``structure`` codes (:meth:`structure`) when the model
+        has them. Noise per ``config.noise_mode``; ``generator`` seeds random noise.
 
         A list of B generators draws each sample's noise from its own generator (as in diffusers), so a
         seeded sample does not depend on the rest of its batch.

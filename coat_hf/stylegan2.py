@@ -297,10 +297,10 @@ class StyleGAN2Synthesis(nn.Module):
             for r in self.noises.resolutions
         ]
 
-    def forward(self, latents: Tensor, noise: Sequence[Tensor] | None = None, structure: Tensor | None = None
-                ) -> Tensor:
+    def forward(self, latents: Tensor, noise: Sequence[Tensor] | None = None,
+                structure: Sequence[Tensor] | None = None) -> Tensor:
         # latents: (B, num_latents, style_dim) -> images (B, 3, size, size), roughly in [-1, 1]
-        # structure: optional (B, C_r, r, r), added to the features of resolution r after its convs
+        # structure: optional maps (B, C_r, r, r), each added to the features of its resolution r after their convs
         if latents.ndim != 3 or latents.shape[1:] != (self.num_latents, self.style_dim):
             raise ValueError(
                 f"latents must be (B, {self.num_latents}, {self.style_dim}), got {tuple(latents.shape)}"
@@ -308,8 +308,11 @@ class StyleGAN2Synthesis(nn.Module):
         if noise is None:
             noise = [self.noises[i] for i in range(len(self.noises.resolutions))]
 
+        by_resolution = {code.shape[-1]: code for code in structure or ()}
+
         def add_structure(out: Tensor) -> Tensor:
-            return out + structure if structure is not None and structure.shape[-1] == out.shape[-1] else out
+            code = by_resolution.get(out.shape[-1])
+            return out if code is None else out + code
 
         out = self.input(latents.shape[0])
         out = add_structure(self.conv1(out, latents[:, 0], noise[0]))

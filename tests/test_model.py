@@ -65,8 +65,11 @@ def test_config_validation():
     ({"match_features": "vgg16", "encoder_channels": [8, 8, 8, 8, 8]}, "match_features 'vgg16' covers at most 4"),
     ({"structure_channels": -1}, "structure_channels must be from 0 (off) to 4096, got -1"),
     ({"structure_channels": True}, "structure_channels must be an integer"),
-    ({"structure_scale": 3}, "structure_scale must be a scale of E in [0, 3) with maps of at least 4x4, got 3"),
-    ({"structure_scale": "deep"}, "structure_scale must be an integer"),
+    ({"structure_scale": 3}, "structure_scale must be distinct scales of E in [0, 3) with maps of at least 4x4, got 3"),
+    ({"structure_scale": [2, 2]}, "structure_scale must be distinct scales of E in [0, 3)"),
+    ({"structure_scale": [2, 5]}, "structure_scale must be distinct scales of E in [0, 3)"),
+    ({"structure_scale": "deep"}, "structure_scale must be an integer or a list of integers"),
+    ({"structure_scale": []}, "structure_scale must be an integer or a list of integers"),
 ])
 def test_config_json_with_absurd_sizes_or_wrong_types_is_refused_before_allocating(tmp_path, change, message,
                                                                                    monkeypatch):
@@ -322,12 +325,12 @@ def test_a_structure_code_added_to_a_trained_model_starts_at_zero_and_learns(tmp
     expected = tiny_model(content, style, n=0, generator=seeded()).images
     torch.testing.assert_close(model(content, style, n=0, generator=seeded()).images, expected, rtol=0, atol=0)
     model(content, style, n=0).images.square().mean().backward()
-    assert model.structure_code.weight.grad.abs().sum() > 0
+    assert model.structure_codes[0].weight.grad.abs().sum() > 0
 
     with torch.no_grad():
-        model.structure_code.weight.normal_()
-    shapes = model.structure(model.encode(content)).shape
-    assert shapes == (2, model.config.decoder_channels[1], 8, 8)  # the deepest map, 8 x 8, D's width there
+        model.structure_codes[0].weight.normal_()
+    shapes = [code.shape for code in model.structure(model.encode(content))]
+    assert shapes == [(2, model.config.decoder_channels[1], 8, 8)]  # the deepest map, 8 x 8, D's width there
     a = model(content, style, n=0, generator=seeded()).images
     assert not torch.allclose(a, expected)
     assert not torch.allclose(model(content.flip(-1), style, n=0, generator=seeded()).images, a)
@@ -340,6 +343,48 @@ def test_a_structure_code_added_to_a_trained_model_starts_at_zero_and_learns(tmp
 @pytest.mark.parametrize("scale, size", [(0, 32), (1, 16), (2, 8)])
 def test_the_structure_code_enters_d_at_its_maps_resolution(image_pair, scale, size):
     model = COATModel(COATConfig.preset("tiny", structure_channels=4, structure_scale=scale))
-    code = model.structure(model.encode(image_pair[0]))
+    (code,) = model.structure(model.encode(image_pair[0]))
     assert code.shape == (2, model.config.decoder_channels[{32: 3, 16: 2, 8: 1}[size]], size, size)
     assert model(*image_pair).images.shape == (2, 3, 64, 64)
+
+
+def test_structure_codes_at_several_scales_each_enter_d_at_their_resolution(image_pair):
+    model = COATModel(COATConfig.preset("tiny", structure_channels=4, structure_scale=[2, 1]))
+    codes = model.structure(model.encode(image_pair[0]))
+    assert [code.shape for code in codes] == [(2, model.config.decoder_channels[1], 8, 8),
+                                              (2, model.config.decoder_channels[2], 16, 16)]
+    content, style = image_pair
+    expected = model(content, style, n=0, generator=seeded()).images
+    with torch.no_grad():
+        model.structure_codes[1].weight.normal_()  # only the 16 x 16 code changes: so does the output
+    assert not torch.allclose(model(content, style, n=0, generator=seeded()).images, expected)
+
+
+def test_a_finer_structure_code_added_to_a_coded_model_starts_at_zero(tmp_path, image_pair):
+    """``structure_scale=[2, 1]`` over a model saved with one code (``init_from`` with the override): the code it had
+    keeps its weights, including from a folder written before the codes became a list (``structure_code.*``), the
+    new one starts at zero, so the model decodes exactly as before; a save and load keeps both."""
+    from safetensors.torch import load_file, save_file
+
+    model = COATModel(COATConfig.preset("tiny", structure_channels=4, structure_scale=2)).eval()
+    with torch.no_grad():
+        model.structure_codes[0].weight.normal_()
+    model.save_pretrained(tmp_path / "one")
+    weights = load_file(tmp_path / "one" / "model.safetensors")
+    legacy = {key.replace("structure_codes.0.", "structure_code."): value for key, value in weights.items()}
+    save_file(legacy, tmp_path / "one" / "model.safetensors", metadata={"format": "pt"})
+    content, style = image_pair
+    expected = model(content, style, n=0, generator=seeded()).images
+
+    assert torch.equal(COATModel.from_pretrained(tmp_path / "one").structure_codes[0].weight,
+                       model.structure_codes[0].weight)
+    two = COATModel.from_pretrained(tmp_path / "one", structure_scale=[2, 1]).eval()
+    assert not two.structure_codes[1].weight.any()
+    torch.testing.assert_close(two(content, style, n=0, generator=seeded()).images, expected, rtol=0, atol=0)
+    with torch.no_grad():
+        two.structure_codes[1].weight.normal_()
+    two.save_pretrained(tmp_path / "two")
+    loaded = COATModel.from_pretrained(tmp_path / "two").eval()
+    assert loaded.config.structure_scales == [2, 1]
+    torch.testing.assert_close(loaded(content, style, n=0, generator=seeded()).images,
+                               two(content, style, n=0, generator=seeded()).images)

@@ -231,7 +231,7 @@ def test_branches_in_one_batch_equal_the_branches_one_by_one(image_pair, masked,
     model = COATModel(COATConfig.preset("tiny", alignment="nearest", modulation_pyramid=True,
                                         structure_channels=structure_channels))
     if structure_channels:
-        torch.nn.init.normal_(model.structure_code.weight)  # not the zero it starts from
+        torch.nn.init.normal_(model.structure_codes[0].weight)  # not the zero it starts from
     content, style = image_pair
     mask = (torch.rand(2, 1, *content.shape[-2:]) > 0.3).float() if masked else None
     runs = []
@@ -382,15 +382,15 @@ def test_the_structure_view_feeds_the_code_the_content_under_other_colours(image
                                rtol=0)
 
     model = COATModel(COATConfig.preset("tiny", structure_channels=4))
-    torch.nn.init.normal_(model.structure_code.weight)
+    torch.nn.init.normal_(model.structure_codes[0].weight)
     seen = []
-    model.structure_code.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model.structure_codes[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
     objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, transfer_weight=1.0, structure_view=True,
                                                              batch_branches=False))
     out = objective(content, style, keys, None)
     torch.testing.assert_close(seen[0], model.encoder(view)[model.config.structure_scale].detach())
     out["loss"].backward()
-    assert model.structure_code.reduce.weight.grad.abs().sum() > 0
+    assert model.structure_codes[0].reduce.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="structure_view needs a structure code"):
         COATTrainingObjective(COATModel(COATConfig.preset("tiny")),
                               ObjectiveConfig(lambda_lpips=0, structure_view=True))
@@ -570,9 +570,9 @@ def test_init_from_a_float16_export_trains_in_float32(image_folder, tmp_path, ti
                                                       "--structure_view", "true",
                                                       "--lr_warmup_steps", "0")))
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    assert not trainer.model.structure_code.weight.any()
+    assert not trainer.model.structure_codes[0].weight.any()
     assert torch.isfinite(trainer.train_step(0)["loss"])
-    assert trainer.model.structure_code.weight.any()
+    assert trainer.model.structure_codes[0].weight.any()
     card = (trainer.export() / "README.md").read_text()
     assert "structure code: 4 channels from E's 4x4 maps, trained on the content under other colours" in card
 

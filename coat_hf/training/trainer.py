@@ -212,9 +212,9 @@ def structure_description(config: COATConfig, objective: ObjectiveConfig) -> str
     """The model card's words for the structure code (``config.structure_channels``) and how it was trained."""
     if not config.structure_channels:
         return "none (the paper)"
-    size = config.feature_sizes[config.structure_scale]
+    sizes = " and ".join(f"{config.feature_sizes[l]}x{config.feature_sizes[l]}" for l in config.structure_scales)
     view = ", trained on the content under other colours" if objective.structure_view else ""
-    return f"{config.structure_channels} channels from E's {size}x{size} maps{view}"
+    return f"{config.structure_channels} channels from E's {sizes} maps{view}"
 
 
 MODEL_CARD = """---
