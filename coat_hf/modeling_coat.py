@@ -106,12 +106,12 @@ class COATModel(COATPreTrainedModel):
         self.decoder = StyleGAN2Synthesis(config.image_size, config.style_dim, config.decoder_channels,
                                           config.blur_kernel)
         self.structure_codes = None
-        if config.structure_channels > 0:  # a departure: the content's layout reaches D spatially, at each scale's
-            widths = {scale: config.decoder_channels[int(math.log2(config.feature_sizes[scale])) - 2]  # D's width
-                      for scale in config.structure_scales}  # at the map's resolution (it lists 4, 8, ..., S)
+        if config.structure_channels > 0:  # a departure: the content's layout reaches D spatially, one code per scale,
+            # each to D's width at its map's resolution (decoder_channels lists 4, 8, ..., S)
             self.structure_codes = nn.ModuleList(
-                StructureCode(config.encoder_channels[scale], config.structure_channels, width)
-                for scale, width in widths.items())
+                StructureCode(config.encoder_channels[scale], config.structure_channels,
+                              config.decoder_channels[int(math.log2(config.feature_sizes[scale])) - 2])
+                for scale in config.structure_scales)
         # The decoder's average latent: E_mod predicts offsets from it (pSp), L_reg pulls towards it.
         self.register_buffer("latent_avg", torch.zeros(config.style_dim))
         self.post_init()
