@@ -7,6 +7,8 @@
 * `matched_color_loss`: L_local, a departure: an output's local Lab colours pulled to a reference's at matched positions.
 * `structure_loss`: L_struct, a departure: STROTSS's self-similarity distance between an output's and a reference's
   features (`self_similarity`, `self_similarity_distance`, which the evaluation's structure distance uses too).
+* `color_distribution_loss`: L_hist, a departure: the sliced Wasserstein distance between an output's and a
+  reference's Lab pixels.
 * `texture_loss`: L_tex, a departure: the sliced Wasserstein distance between an output's and a reference's feature
   distributions.
 
@@ -31,6 +33,7 @@ from .lpips_weights import load_lpips
 __all__ = [
     "HARD_NEGATIVE_RULES",
     "LATENT_REGULARIZATIONS",
+    "color_distribution_loss",
     "color_statistics_loss",
     "correspondence_contrastive_loss",
     "latent_regularization",
@@ -172,16 +175,39 @@ def texture_loss(lpips_model: lpips.LPIPS, output: Tensor, reference: Tensor, di
     expected = (output.shape[0], sum(lpips_model.chns))
     if directions.ndim != 3 or tuple(directions.shape[:2]) != expected:
         raise ValueError(f"directions must be (B, C, P) with (B, C) = {expected}, got {tuple(directions.shape)}")
-    directions = F.normalize(directions.float(), dim=1)
     with torch.no_grad():
         reference_columns = lpips_hypercolumns(lpips_model, reference.float(), grid_size).flatten(2)  # (B, C, N)
-    columns = lpips_hypercolumns(lpips_model, output.float(), grid_size).flatten(2)
-
-    def projected(x: Tensor) -> Tensor:  # (B, P, N), sorted along N
-        return (directions.transpose(1, 2) @ x).sort(dim=2).values
-
-    per_image = (projected(columns) - projected(reference_columns)).square().mean(dim=(1, 2))
+    per_image = _sliced_wasserstein(lpips_hypercolumns(lpips_model, output.float(), grid_size).flatten(2),
+                                    reference_columns, directions)
     return (per_image if weight is None else per_image * weight).mean()
+
+
+def color_distribution_loss(output: Tensor, reference: Tensor, directions: Tensor,
+                            weight: Tensor | None = None) -> Tensor:
+    """L_hist (a departure from the paper): the squared sliced Wasserstein distance between the distributions of
+    ``output``'s and ``reference``'s Lab pixels (Lab / 100), each image along its own random directions: the
+    reference's whole colour histogram, where L_color matches only its means and deviations. Then the batch mean
+    of ``weight`` times it. (The evaluation's SWD Lab is the same distance along fixed directions, not squared.)
+
+    output, reference: (B, 3, H, W) in [-1, 1] (computed in float32); directions: (B, 3, P), any scale (each
+    column is normalised); weight: optional (B,); no gradient flows into ``reference``.
+    """
+    _check_images(output, reference, None, "reference")
+    if directions.ndim != 3 or tuple(directions.shape[:2]) != (output.shape[0], 3):
+        raise ValueError(f"directions must be (B, 3, P) with B = {output.shape[0]}, got {tuple(directions.shape)}")
+
+    def pixels(image: Tensor) -> Tensor:  # (B, 3, H·W)
+        return rgb_to_lab((image.float() + 1) / 2).flatten(2) / 100
+
+    per_image = _sliced_wasserstein(pixels(output), pixels(reference).detach(), directions)
+    return (per_image if weight is None else per_image * weight).mean()
+
+
+def _sliced_wasserstein(x: Tensor, y: Tensor, directions: Tensor) -> Tensor:
+    """``SW_2^2 = mean_{θ,k} (sort(θ·x)_k − sort(θ·y)_k)^2`` per image of point sets x and y (B, C, N) along
+    directions (B, C, P), each column normalised: (B,)."""
+    directions = F.normalize(directions.float(), dim=1).transpose(1, 2)  # (B, P, C)
+    return ((directions @ x).sort(dim=2).values - (directions @ y).sort(dim=2).values).square().mean(dim=(1, 2))
 
 
 @contextmanager

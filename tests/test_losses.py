@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter
 
 from coat_hf.losses import (
     HARD_NEGATIVE_RULES,
+    color_distribution_loss,
     color_statistics_loss,
     correspondence_contrastive_loss,
     latent_regularization,
@@ -227,6 +228,39 @@ def test_color_statistics_loss_vanishes_after_global_colour_transfer():
     output = image.clone().requires_grad_()
     color_statistics_loss(output, reference).backward()
     assert output.grad.abs().sum() > 0
+
+
+def test_color_distribution_loss_sees_the_colour_histogram_not_layout():
+    """L_hist is the squared sliced Wasserstein distance of the Lab pixels (explicit sort along one direction):
+    0 for the reference's pixels in any order; after Reinhard's transfer (the means and deviations L_color
+    matches) what is left is the histogram's shape; the weight scales each image; no gradient reaches the
+    reference; directions of the wrong shape are refused in one line."""
+    from coat_hf.color import match_color, rgb_to_lab
+
+    torch.manual_seed(6)
+    image = torch.rand(2, 3, 32, 32) * 0.6 - 0.3
+    reference = torch.rand(2, 3, 32, 32).pow(3) * 0.8 - 0.4 + torch.tensor([0.1, 0.0, -0.1])[:, None, None]
+    directions = torch.randn(2, 3, 16)
+    axis = torch.zeros(2, 3, 1)
+    axis[:, 0] = 2.0  # lightness only, any scale
+    lightness = [rgb_to_lab((x + 1) / 2)[:, 0].flatten(1).sort(dim=1).values / 100 for x in (image, reference)]
+    expected = (lightness[0] - lightness[1]).square().mean()
+    assert color_distribution_loss(image, reference, axis) == pytest.approx(expected.item(), rel=1e-5)
+    shuffled = reference.flatten(2)[:, :, torch.randperm(32 * 32)].view_as(reference)
+    assert color_distribution_loss(shuffled, reference, directions) < 1e-10
+    before = color_distribution_loss(image, reference, directions)
+    matched = match_color(image, reference)
+    after = color_distribution_loss(matched, reference, directions)
+    assert color_statistics_loss(matched, reference) < color_statistics_loss(image, reference) / 50
+    assert 0 < after < before / 2
+    first = color_distribution_loss(image[:1], reference[:1], directions[:1])
+    half = color_distribution_loss(image, reference, directions, torch.tensor([1.0, 0.0]))
+    assert half == pytest.approx(first.item() / 2, rel=1e-5)
+    output, target = image.clone().requires_grad_(), reference.clone().requires_grad_()
+    color_distribution_loss(output, target, directions).backward()
+    assert output.grad.abs().sum() > 0 and target.grad is None
+    with pytest.raises(ValueError, match="directions must be"):
+        color_distribution_loss(image, reference, directions[:1])
 
 
 def test_matched_color_loss_compares_each_cell_with_its_match():

@@ -368,6 +368,29 @@ def test_the_texture_term_compares_each_transfer_with_its_style(image_pair):
         ObjectiveConfig(texture_projections=0)
 
 
+def test_the_histogram_term_compares_each_transfer_with_its_style(image_pair):
+    """L_hist takes the transfer and its style photo with L_color's per-sample weight, along Lab directions drawn
+    from the samples' keys; it needs no LPIPS network; bad weights and projection counts are refused in one line."""
+    from coat_hf.losses import color_distribution_loss
+    from coat_hf.training.objective import _HISTOGRAM_STREAM
+    from coat_hf.training.random import normal
+
+    _, style = image_pair
+    objective, keys, with_histogram, without = _with_and_without(image_pair, "histogram_weight", 20.0)
+    assert objective.lpips is None
+    k, n = objective.model.config.num_modulation_layers, objective._transfer_n(keys)
+    shape = (2, 3, objective.config.histogram_projections)
+    directions = normal(keys, _HISTOGRAM_STREAM, shape[1] * shape[2]).view(shape)
+    expected = color_distribution_loss(with_histogram["transfer_images"], style, directions, (k - n).float() / k)
+    assert "histogram" not in without and with_histogram["histogram"] > 0
+    torch.testing.assert_close(with_histogram["histogram"], expected.detach())
+    torch.testing.assert_close(with_histogram["loss"], without["loss"] + 20.0 * expected)
+    with pytest.raises(ValueError, match="histogram_weight"):
+        ObjectiveConfig(histogram_weight=-1.0)
+    with pytest.raises(ValueError, match="histogram_projections"):
+        ObjectiveConfig(histogram_projections=0)
+
+
 def test_the_structure_view_feeds_the_code_the_content_under_other_colours(image_pair):
     """With ``structure_view`` the structure code reads E of the content under an appearance of its own (the content
     itself when the appearance ranges are 0; neither the content's colours nor the pseudo pair's target's) and

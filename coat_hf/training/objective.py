@@ -1,5 +1,5 @@
 """COAT's training objective L = L_rec + α·L_reg + β·L_CCL (+ γ·L_transfer + w·L_color + u·L_local + s·L_struct
-+ t·L_tex).
++ t·L_tex + h·L_hist).
 
 For content images I1 (B, 3, S, S) and style images I2 of the same category:
 
@@ -32,6 +32,9 @@ For content images I1 (B, 3, S, S) and style images I2 of the same category:
 7. L_tex (``texture_weight`` t > 0; a departure): the squared sliced Wasserstein distance between I_{2→1}'s and I2's
    hypercolumns of the frozen LPIPS backbone (:func:`coat_hf.losses.texture_loss`, directions drawn per sample),
    with L_color's per-sample weight: the style's textures and colours wherever they lie.
+8. L_hist (``histogram_weight`` h > 0; a departure): the squared sliced Wasserstein distance between I_{2→1}'s and
+   I2's Lab pixels (:func:`coat_hf.losses.color_distribution_loss`, directions drawn per sample), with L_color's
+   per-sample weight: the style's whole colour histogram, where L_color matches its means and deviations only.
 
 With a structure code (``structure_channels`` > 0, a departure: :class:`coat_hf.encoders.StructureCode`) every
 output of D (reconstruction, transfer, pseudo-exemplar transfer) takes I1's code: all three keep the content's layout.
@@ -59,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..configuration_coat import ALIGNMENT_RULES
-from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, color_statistics_loss,
+from ..losses import (HARD_NEGATIVE_RULES, LATENT_REGULARIZATIONS, color_distribution_loss, color_statistics_loss,
                       correspondence_contrastive_loss, latent_regularization, load_lpips, matched_color_loss,
                       reconstruction_loss, structure_loss, texture_loss)
 from ..modeling_coat import COATModel, mix_latents
@@ -68,7 +71,7 @@ from .random import normal, randint, uniform
 
 # Stream ids of the objective's draws (see coat_hf.training.random).
 _N_STREAM, _PSEUDO_N_STREAM, _MIX_STREAM, _CROSSOVER_STREAM, _POSITION_STREAM, _TEXTURE_STREAM = 1, 2, 3, 4, 10, 20
-_NOISE_STREAM = 1000
+_HISTOGRAM_STREAM, _NOISE_STREAM = 30, 1000
 
 
 @dataclass
@@ -116,6 +119,13 @@ class ObjectiveConfig:
                 "textures, not only its colours; loads the LPIPS network even when lambda_lpips is 0."})
     texture_projections: int = field(default=64, metadata={
         "help": "Random directions per sample and step of L_tex's sliced Wasserstein distance."})
+    histogram_weight: float = field(default=0.0, metadata={
+        "help": "Weight of L_hist (a departure, 0: off): the squared sliced Wasserstein distance between the L_CCL "
+                "transfer's and its style photo's Lab pixels (histogram_projections random directions per sample), "
+                "with L_color's per-sample weight: the style's whole colour histogram, where L_color matches its "
+                "means and deviations only."})
+    histogram_projections: int = field(default=16, metadata={
+        "help": "Random directions of Lab space per sample and step of L_hist's sliced Wasserstein distance."})
     structure_view: bool = field(default=False, metadata={
         "help": "With a structure code (structure_channels > 0): compute it in training from the content under a "
                 "random other appearance (colour, contrast, saturation, gamma and some of the style photo's "
@@ -144,7 +154,7 @@ class ObjectiveConfig:
             raise ValueError(f"ccl_hard_negative_rule must be one of {HARD_NEGATIVE_RULES}, "
                              f"got {self.ccl_hard_negative_rule!r}")
         for name in ("lambda_mse", "lambda_lpips", "reg_alpha", "ccl_beta", "transfer_weight", "color_weight",
-                     "color_falloff", "local_color_weight", "structure_weight", "texture_weight"):
+                     "color_falloff", "local_color_weight", "structure_weight", "texture_weight", "histogram_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.train_alignment is not None and self.train_alignment not in ALIGNMENT_RULES:
@@ -153,8 +163,9 @@ class ObjectiveConfig:
             raise ValueError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob}")
         if self.ccl_num_positions < 1:
             raise ValueError(f"ccl_num_positions must be positive, got {self.ccl_num_positions}")
-        if self.texture_projections < 1:
-            raise ValueError(f"texture_projections must be positive, got {self.texture_projections}")
+        for name in ("texture_projections", "histogram_projections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def branch_calls(fn: Callable, inputs: list, batched: bool) -> list:
@@ -315,8 +326,9 @@ class COATTrainingObjective(nn.Module):
 
         Returns:
             ``loss`` (scalar L), the parts ``rec``, ``mse``, ``lpips``, ``reg`` and those of the terms in use
-            (``ccl``, ``color``, ``local_color``, ``structure``, ``texture``, ``transfer``; detached), and the images
-            ``reconstruction`` and ``transfer_images`` (B, 3, S, S), with their graphs (for an adversarial term).
+            (``ccl``, ``color``, ``local_color``, ``structure``, ``texture``, ``histogram``, ``transfer``; detached),
+            and the images ``reconstruction`` and ``transfer_images`` (B, 3, S, S), with their graphs (for an
+            adversarial term).
         """
         model, cfg = self.model, self.config
         k = model.config.num_modulation_layers
@@ -367,7 +379,7 @@ class COATTrainingObjective(nn.Module):
             parts["ccl"] = self.contrastive_loss(model.encoder(transfer), features[0], [m for _, m in matches], mask,
                                                  keys)
             loss = loss + cfg.ccl_beta * parts["ccl"]
-        # 4., 5. and 7. pulled harder the more layers the style sets; not where a mixed-in style ends
+        # 4., 5., 7. and 8. pulled harder the more layers the style sets; not where a mixed-in style ends
         style_share = ((k - n).float() / k) ** cfg.color_falloff  # (B,); 0 at n = K for every p > 0
         if mixed_in is not None:
             style_share = torch.where(mixed_in, 0.0, style_share)
@@ -390,6 +402,11 @@ class COATTrainingObjective(nn.Module):
             directions = normal(keys, _TEXTURE_STREAM, shape[1] * shape[2]).view(shape)
             parts["texture"] = texture_loss(self.lpips, transfer, style, directions, style_share)
             loss = loss + cfg.texture_weight * parts["texture"]
+        if cfg.histogram_weight > 0:  # 8. the style's colour histogram, weighted as 4. and 5.
+            shape = (keys.shape[0], 3, cfg.histogram_projections)  # (B, 3, P)
+            directions = normal(keys, _HISTOGRAM_STREAM, shape[1] * shape[2]).view(shape)
+            parts["histogram"] = color_distribution_loss(transfer, style, directions, style_share)
+            loss = loss + cfg.histogram_weight * parts["histogram"]
         if cfg.transfer_weight > 0:
             parts["transfer"], _ = self._rec(outputs[2], target, mask)
             loss = loss + cfg.transfer_weight * parts["transfer"]
