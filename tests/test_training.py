@@ -331,6 +331,36 @@ def test_the_local_color_term_compares_the_transfer_with_the_style_at_the_mutual
     COATTrainingObjective(model, ObjectiveConfig(local_color_scale=model.config.num_scales))  # the term off: unused
 
 
+def test_the_training_rule_sets_the_transfers_alignment_and_the_matches_stay_mutual(image_pair, monkeypatch):
+    """``train_alignment="nearest"`` (the rule the bundled models use at inference) gives the transfer branch the
+    nearest-aligned style maps, every position a style feature, whatever the model's own rule; L_local still pulls
+    colours at the mutual matches only."""
+    from coat_hf.losses import matched_color_loss
+
+    content, style = image_pair
+    model = COATModel(COATConfig.preset("tiny", alignment="mutual"))
+    seen = []
+    style_vectors = model.style_vectors
+    monkeypatch.setattr(model, "style_vectors", lambda maps: seen.append(maps) or style_vectors(maps))
+    objective = COATTrainingObjective(model, ObjectiveConfig(lambda_lpips=0, local_color_weight=5.0,
+                                                             train_alignment="nearest", batch_branches=False))
+    keys = sample_keys(0, torch.arange(2))
+    out = objective(content, style, keys)
+    with torch.no_grad():
+        f1, f2 = model.encoder(content), model.encoder(style)
+        nearest_maps, found = model.align(f1, f2, "nearest")
+        mutual_maps, _ = model.align(f1, f2, "mutual")
+    for got, want in zip(seen[1], nearest_maps, strict=True):  # seen[0]: the content's maps
+        torch.testing.assert_close(got, want)
+    assert any(not torch.equal(a, b) for a, b in zip(nearest_maps, mutual_maps))  # the rules differ on this pair
+    scale, k = objective.config.local_color_scale, model.config.num_modulation_layers
+    grid = f1[scale].shape[-2:]
+    expected = matched_color_loss(out["transfer_images"], style, found[scale].nearest.unflatten(1, grid),
+                                  found[scale].mutual.unflatten(1, grid),
+                                  (k - objective._transfer_n(keys)).float() / k)
+    torch.testing.assert_close(out["local_color"], expected)
+
+
 def test_the_structure_term_compares_each_transfer_with_its_content(image_pair):
     from coat_hf.losses import structure_loss
 
