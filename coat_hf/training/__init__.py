@@ -1,7 +1,8 @@
-"""Training COAT: arguments, data, objective, discriminator and the loop, one module each.
+"""Training COAT: arguments, data, objective, discriminator, the loop and weight averaging, one module each.
 
     python training/train.py --config training/configs/small.yaml --data_dir ../shared/data/celeba/train
     accelerate launch training/train.py --config training/configs/coat-celeba-128-gpu.yaml --data_dir ...
+    python -m coat_hf.training.averaging --models BEFORE FINE_TUNED --weights 0.3 0.7 --output_dir OUT
 
 ``main`` is the command: bad input (a missing or empty data folder, a batch larger than the data,
 non-positive step counts or learning rate, unknown config keys) ends with one line and exit status 2,
