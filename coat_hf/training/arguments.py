@@ -23,6 +23,8 @@ from .objective import ObjectiveConfig
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """``torch.compile`` modes ``--compile_mode`` accepts."""
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+"""Weight types an export may have (``--export_dtype``)."""
 
 
 @dataclass
@@ -105,7 +107,7 @@ class TrainingArguments:
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"--max_minutes must be > 0, got {self.max_minutes}")
         choices = {"train_modules": ("all", "encoders"), "mixed_precision": ("no", "fp16", "bf16"),
-                   "export_dtype": ("float32", "float16", "bfloat16"), "report_to": ("tensorboard", "none"),
+                   "export_dtype": EXPORT_DTYPES, "report_to": ("tensorboard", "none"),
                    "compile_scope": ("networks", "objective"),
                    "compile_mode": COMPILE_MODES}
         for name, allowed in choices.items():

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from ..configuration_coat import COATConfig
-from ..image_processing_coat import COATImageProcessor
 from ..modeling_coat import COATModel
+from .arguments import EXPORT_DTYPES
+from .trainer import save_model
 
-EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 _BOOKKEEPING = ("structure_channels", "structure_scale", "transformers_version", "dtype", "torch_dtype",
                 "architectures", "_name_or_path")
 """Config fields that may differ between averaged models: the structure codes (checked as prefixes) and metadata."""
@@ -111,11 +111,8 @@ def average_weights(models: Sequence[COATModel], weights: Sequence[float], names
 
 def save_average(model: COATModel, output_dir: Path, sources: Sequence[tuple[str, float]], target: str,
                  dtype: str = "float16", max_shard_size: str | None = None) -> Path:
-    """``save_pretrained`` in ``dtype`` (sharded when asked), the pipeline's image processor and a model card."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.to(getattr(torch, dtype)).save_pretrained(output_dir, **kwargs)
-    COATImageProcessor.from_model_config(model.config).save_pretrained(output_dir)
+    """``save_model`` (the training export's format) and a model card naming the sources."""
+    save_model(model, output_dir, dtype, max_shard_size)
     total = sum(weight for _, weight in sources)
     (output_dir / "README.md").write_text(MODEL_CARD.format(
         name=output_dir.name, folder=output_dir, target=target,

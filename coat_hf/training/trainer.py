@@ -259,6 +259,14 @@ model = COATModel.from_pretrained("{folder}")
 """
 
 
+def save_model(model: COATModel, directory: Path, dtype: str, max_shard_size: str | None = None) -> None:
+    """``save_pretrained`` in ``dtype`` (cast in place; sharded when ``max_shard_size`` is given) with the pipeline's
+    image processor: a folder the pipeline, the app and ``from_pretrained`` load."""
+    model.to(getattr(torch, dtype))
+    model.save_pretrained(directory, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    COATImageProcessor.from_model_config(model.config).save_pretrained(directory)
+
+
 def export_model(model: COATModel, ema: EMA, directory: Path, config: RunConfig, state: TrainState,
                  num_images: int, num_processes: int, losses: dict[str, float], device: str) -> None:
     """``save_pretrained`` of the EMA weights (sharded when asked), the pipeline's image processor and a model
@@ -266,10 +274,7 @@ def export_model(model: COATModel, ema: EMA, directory: Path, config: RunConfig,
     args = config.training
     exported = copy.deepcopy(model).float()
     ema.copy_to([p for p in exported.parameters() if p.requires_grad])
-    exported.to(getattr(torch, args.export_dtype))
-    kwargs = {"max_shard_size": args.export_max_shard_size} if args.export_max_shard_size else {}
-    exported.save_pretrained(directory, **kwargs)
-    COATImageProcessor.from_model_config(exported.config).save_pretrained(directory)
+    save_model(exported, directory, args.export_dtype, args.export_max_shard_size)
     mc, oc = exported.config, config.objective
     (directory / "README.md").write_text(MODEL_CARD.format(
         name=Path(args.init_from).name if args.init_from else args.model_preset, image_size=mc.image_size,
