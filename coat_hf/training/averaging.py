@@ -137,8 +137,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.output_dir.exists() and any(args.output_dir.iterdir()):
             raise ValueError(f"--output_dir {args.output_dir} is not empty; nothing is overwritten")
-        if len(weights) != len(args.models):
-            raise ValueError(f"--weights: {len(args.models)} models need {len(args.models)} weights, got {len(weights)}")
         models = []
         for name in args.models:
             try:
