@@ -89,7 +89,8 @@ def average_weights(models: Sequence[COATModel], weights: Sequence[float], names
         raise ValueError(f"--weights must be non-negative with a positive sum, got {list(weights)}")
     target = output_config([m.config for m in models], names)
     averaged = COATModel(models[target].config).float().eval()
-    states = [{key: value.float() for key, value in m.state_dict().items()} for m in models]
+    states = [{key: value.float() for key, value in m.state_dict().items() if value.is_floating_point()}
+              for m in models]
     merged = {}
     for key, value in averaged.state_dict().items():
         if not value.is_floating_point():
