@@ -134,7 +134,8 @@ class ObjectiveConfig:
     style_mixing_prob: float = field(default=0.0, metadata={
         "help": "Probability that a sample's L_CCL transfer mixes in a second style from a crossover layer on "
                 "(StyleGAN2's style mixing; a departure from COAT; 0: off). The appearance terms skip a sample whose "
-                "last layer is mixed in: at 0.9 they reach about 27% of the transfers, at 0.3 about 76% (K = 12)."})
+                "last layer is mixed in: at 0.9 they reach about a quarter of the transfers, at 0.3 about three "
+                "quarters (K = 12)."})
     train_alignment: str | None = field(default=None, metadata={
         "help": "Alignment rule in training (mutual, nearest or soft; default: the model's, which stays the "
                 "rule at inference)."})
