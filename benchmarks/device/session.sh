@@ -5,7 +5,8 @@
 # into 15 MiB pieces under $OUT: unpack with `cat res.tar.* | tar xf -`.
 #   OUT=... LIMIT=540 BATCH=64 bash benchmarks/device/session.sh
 # FACE_INIT / CAT_INIT (model folders, e.g. coat_hf/pretrained/coat-celeba-128 when its weights travel) continue
-# from those weights (--init_from); a missing .gl/faces, .gl/cats or .gl/horses skips that model (the horse model
+# from those weights (--init_from) with the fine-tunes' objective (training/configs/*-gpu-continue.yaml; FACE_CONFIG /
+# CAT_CONFIG name another config); a missing .gl/faces, .gl/cats or .gl/horses skips that model (the horse model
 # starts from the bundled cat model's weights, which must then travel).
 # BENCH: "engine" (default: the CUDA tests unless CUDA_TESTS=0, the fused search's launch candidates timed alone
 # unless SEARCH=0 (benchmarks/benchmark_search.py, up to SEARCH_S=150 s), then the step at batch $BATCH as
@@ -19,6 +20,8 @@
 # a benchmark row; carried back as .gl/compile/, they spare the next fresh machine most of the compile.
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/device-out}; RES=/tmp/res; LIMIT=${LIMIT:-540}; BATCH=${BATCH:-64}
+FACE_CONFIG=${FACE_CONFIG:-training/configs/coat-celeba-128-gpu${FACE_INIT:+-continue}.yaml}  # the benchmark's too
+CAT_CONFIG=${CAT_CONFIG:-training/configs/coat-afhq-cat-128-gpu${CAT_INIT:+-continue}.yaml}
 mkdir -p "$OUT" && rm -rf $RES && mkdir -p $RES/compile
 cp .gl/compile/*.bin $RES/compile/ 2>/dev/null  # compile caches from an earlier call: they come back updated
 START=$(date +%s)
@@ -46,7 +49,7 @@ if [ "$BENCH" = engine ] && [ -d .gl/faces ]; then  # the benchmark reads the fa
     local label=$1 batch=$2 seconds=$(( LIMIT - $(elapsed) - 15 )); shift 2
     [ $seconds -gt ${ENGINE_S:-330} ] && seconds=${ENGINE_S:-330}
     [ $seconds -lt 60 ] && { log "$label, batch $batch: skipped, under a minute left"; return; }
-    timeout $seconds python benchmarks/benchmark_training.py --config training/configs/coat-celeba-128-gpu.yaml \
+    timeout $seconds python benchmarks/benchmark_training.py --config $FACE_CONFIG \
       --data_dir .gl/faces --holdout_last $HOLDOUT --out $RES/benchmark.json --steps 20 --warmup 3 \
       --batch_size $batch --channels_last true --profile $RES/profile-$label-b$batch.txt "$@" \
       >> $RES/benchmark-$label-b$batch.log 2>&1
@@ -88,9 +91,9 @@ train() {  # name config data output_dir [extra arguments]: compiled as the GPU 
 if [ "${TRAIN:-1}" = 1 ] && python -c "import sys; sys.exit($(minutes_left) < 1)"; then
   log "training for $(minutes_left) minutes at batch $BATCH"
   MODELS=" ${MODELS:-face cat horse} "
-  [ -d .gl/faces ] && [[ $MODELS == *" face "* ]] && train face training/configs/coat-celeba-128-gpu.yaml .gl/faces $RES/face \
+  [ -d .gl/faces ] && [[ $MODELS == *" face "* ]] && train face $FACE_CONFIG .gl/faces $RES/face \
     ${FACE_INIT:+--init_from $FACE_INIT} ${FACE_ARGS:-} &
-  [ -d .gl/cats ] && [[ $MODELS == *" cat "* ]] && train cat training/configs/coat-afhq-cat-128-gpu.yaml .gl/cats $RES/cat \
+  [ -d .gl/cats ] && [[ $MODELS == *" cat "* ]] && train cat $CAT_CONFIG .gl/cats $RES/cat \
     ${CAT_INIT:+--init_from $CAT_INIT} ${CAT_ARGS:-} &
   [ -d .gl/horses ] && [[ $MODELS == *" horse "* ]] && train horse training/configs/coat-horses-128-gpu.yaml .gl/horses $RES/horse \
     ${HORSE_ARGS:-} &
