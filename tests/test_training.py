@@ -721,3 +721,14 @@ def test_model_overrides_on_the_command_line_merge_over_the_configs(image_folder
 @pytest.mark.parametrize("config", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(config, image_folder):
     parse_arguments(["--config", str(config), "--data_dir", str(image_folder)])
+
+
+@pytest.mark.parametrize("model", ["coat-celeba-128", "coat-afhq-cat-128"])
+def test_the_gpu_continuation_trains_with_the_bundled_models_fine_tune_objective(model, image_folder):
+    """``*-gpu-continue.yaml`` repeats the objective of the bundled model's last CPU stage (a config extends one
+    other): continuing the weights with another objective would undo the fine-tunes."""
+    configs = REPO / "training" / "configs"
+    gpu, cpu = (parse_arguments(["--config", str(configs / f"{model}-{name}.yaml"), "--data_dir", str(image_folder)])
+                for name in ("gpu-continue", "finetune"))
+    assert gpu.objective == cpu.objective
+    assert gpu.training.init_from == cpu.training.init_from == f"coat_hf/pretrained/{model}"
